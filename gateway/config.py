@@ -1,0 +1,315 @@
+"""Site configuration: YAML files validated by pydantic models.
+
+`load_config` reads a file, substitutes `${VAR}` / `${VAR:-default}` from the environment (so that
+secrets need not live in the file), validates everything and raises `ConfigError` listing every
+problem with its location and line (`demo.yaml:14: devices[2].port: field required`).
+
+Device sections are typed by their driver: each driver kind registers a settings model (a subclass of
+`DeviceConfig`) and the site model is built over the kinds known at load time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    ByteSize,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from drivers import registry
+from drivers.base import DeviceConfig
+
+from .validation import Duration, StrictModel
+
+# ----------------------------------------------------------------------------------- sections
+
+
+class TlsConfig(StrictModel):
+    ca: Path | None = Field(None, description="CA bundle that signed the broker's certificate")
+    cert: Path | None = Field(None, description="client certificate (PEM) for mutual TLS")
+    key: Path | None = Field(None, description="client private key (PEM) for mutual TLS")
+    insecure_skip_verify: bool = Field(False, description="accept any broker certificate (testing only)")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> "TlsConfig":
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key must be given together")
+        return self
+
+
+class UplinkConfig(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str | None = Field(None, description="defaults to gw-{site_id}-{gateway_id}")
+    tls: TlsConfig | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    topic_prefix: str = Field("site", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+    batch_max_events: int = Field(500, ge=1, le=10_000)
+    batch_max_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    linger: Duration = Field(0.05, description="how long to wait for a batch to fill when the backlog is small")
+    max_inflight: int = Field(16, ge=1, le=1000, description="batches published and not yet acknowledged")
+    keepalive: Duration = 30.0
+    reconnect_min: Duration = 1.0
+    reconnect_max: Duration = 60.0
+
+
+class StorageConfig(StrictModel):
+    path: Path = Path("var/gateway.db")
+    max_bytes: ByteSize = Field(ByteSize(1024**3), description="cap on the events waiting to go up")
+    max_age: Duration = Field(30 * 86400.0, description="events older than this are dropped unless critical")
+    synchronous: Literal["full", "normal"] = Field(
+        "full", description="full: fsync every commit (survives power loss); normal: survives process crashes"
+    )
+    never_drop: list[str] = Field(
+        default_factory=lambda: ["access", "sale", "points", "gateway"],
+        description="event types or stream prefixes that are kept even over the caps",
+    )
+    drop_first: list[str] = Field(
+        default_factory=lambda: ["visit.counts", "zone.occupancy", "device.status"],
+        description="low-value periodic event types dropped first when over the caps",
+    )
+    ingest_dedupe_window: Duration = Field(7 * 86400.0, description="how long ingested event ids are remembered")
+
+
+class ApiConfig(StrictModel):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token: SecretStr = Field(..., description="bearer token for /v1/ingest and other protected endpoints")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+    @field_validator("token")
+    @classmethod
+    def _token_long_enough(cls, token: SecretStr) -> SecretStr:
+        if len(token.get_secret_value()) < 16:
+            raise ValueError("token must be at least 16 characters")
+        return token
+
+
+class SiteConfigBase(StrictModel):
+    site_id: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    gateway_id: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    uplink: UplinkConfig = Field(default_factory=UplinkConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    api: ApiConfig
+    devices: list[DeviceConfig] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _device_ids_unique(self) -> "SiteConfigBase":
+        seen: set[str] = set()
+        for device in self.devices:
+            if device.id in seen:
+                raise ValueError(f"device id {device.id!r} is used twice")
+            seen.add(device.id)
+        return self
+
+    def device(self, device_id: str) -> DeviceConfig | None:
+        return next((d for d in self.devices if d.id == device_id), None)
+
+
+# ------------------------------------------------------------------------- the dynamic site model
+
+
+def device_kinds() -> dict[str, type[DeviceConfig]]:
+    """Settings models of every registered driver kind."""
+    return {kind: driver.Settings for kind, driver in registry.drivers().items()}
+
+
+@lru_cache(maxsize=8)
+def _site_model_for(kinds: tuple[tuple[str, type[DeviceConfig]], ...]) -> type[SiteConfigBase]:
+    settings = [model for _, model in kinds]
+    if not settings:
+        device_type: Any = DeviceConfig
+    elif len(settings) == 1:
+        device_type = settings[0]
+    else:
+        device_type = Annotated[Union[tuple(settings)], Field(discriminator="kind")]
+    return create_model("SiteConfig", __base__=SiteConfigBase, devices=(list[device_type], Field(default_factory=list)))
+
+
+def site_model() -> type[SiteConfigBase]:
+    return _site_model_for(tuple(sorted(device_kinds().items())))
+
+
+SiteConfig = SiteConfigBase  # the type to annotate with; instances come from site_model()
+
+
+def config_json_schema() -> dict[str, Any]:
+    schema = site_model().model_json_schema()
+    schema["title"] = "Site gateway configuration"
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    location: str  # e.g. devices[2].port
+    message: str
+    line: int | None = None
+
+    def render(self, source: str) -> str:
+        where = f"{source}:{self.line}" if self.line else source
+        return f"{where}: {self.location or '(top level)'}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, problems: list[ConfigProblem]):
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(p.render(source) for p in problems))
+
+
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _substitute_env(value: Any, path: tuple, problems: list[tuple[tuple, str]], env: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute_env(v, path + (k,), problems, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute_env(v, path + (i,), problems, env) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+
+    def replace(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        problems.append((path, f"environment variable {name} is not set"))
+        return ""
+
+    return _ENV_REF.sub(replace, value)
+
+
+def _line_numbers(text: str) -> dict[tuple, int]:
+    """Map each path in the YAML document to the 1-based line where its value starts."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = key_node.value
+                lines[path + (key,)] = key_node.start_mark.line + 1
+                walk(value_node, path + (key,))
+                lines[path + (key,)] = key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, path + (index,))
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def format_location(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _problem_from_pydantic(error: dict, kinds: set[str], lines: dict[tuple, int]) -> tuple[tuple, str]:
+    loc = list(error["loc"])
+    # A tagged union puts the tag into the location (devices.2.http_ingest.port): drop it.
+    for i in range(len(loc) - 2):
+        if loc[i] == "devices" and isinstance(loc[i + 1], int) and loc[i + 2] in kinds:
+            del loc[i + 2]
+            break
+    message = error["msg"]
+    if error["type"] == "union_tag_invalid":
+        loc.append("kind")
+        tag = error.get("ctx", {}).get("tag")
+        message = f"unknown device kind {tag!r} (known kinds: {', '.join(sorted(kinds))})"
+    elif error["type"] == "literal_error" and len(loc) == 3 and loc[0] == "devices" and loc[2] == "kind":
+        message = f"unknown device kind {error.get('input')!r} (known kinds: {', '.join(sorted(kinds))})"
+    elif error["type"] == "union_tag_not_found":
+        loc.append("kind")
+        message = "field required"
+    elif error["type"] == "missing":
+        message = "field required"
+    elif error["type"] == "extra_forbidden":
+        message = "unknown field (check the spelling)"
+    elif message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    message = message[:1].lower() + message[1:]
+    return tuple(loc), message
+
+
+def _nearest_line(path: tuple, lines: dict[tuple, int]) -> int | None:
+    while True:
+        if path in lines:
+            return lines[path]
+        if not path:
+            return None
+        path = path[:-1]
+
+
+def parse_config(text: str, source: str = "<config>", env: dict[str, str] | None = None) -> SiteConfigBase:
+    """Validate YAML text; raise ConfigError with every problem found."""
+    env = dict(os.environ) if env is None else env
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        raise ConfigError(source, [ConfigProblem("", f"not valid YAML: {getattr(exc, 'problem', exc)}", line)])
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [ConfigProblem("", "the file must be a YAML mapping (key: value lines)", 1)])
+
+    lines = _line_numbers(text)
+    env_problems: list[tuple[tuple, str]] = []
+    data = _substitute_env(raw, (), env_problems, env)
+    problems = [ConfigProblem(format_location(p), m, _nearest_line(p, lines)) for p, m in env_problems]
+
+    kinds = device_kinds()
+    try:
+        config = site_model().model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            path, message = _problem_from_pydantic(error, set(kinds), lines)
+            problems.append(ConfigProblem(format_location(path), message, _nearest_line(path, lines)))
+        config = None
+    if problems:
+        raise ConfigError(source, problems)
+    assert config is not None
+    return config
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> SiteConfigBase:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), [ConfigProblem("", "file not found")])
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [ConfigProblem("", f"cannot read: {exc}")])
+    return parse_config(text, str(path), env)

@@ -1,0 +1,92 @@
+"""The event envelope: the one shape in which everything leaves the gateway.
+
+An `Event` is what drivers and services produce (type, device, data). The outbox turns it into an
+envelope by adding the site, the gateway and a per-gateway sequence number at the moment it is
+committed, so that `seq` is strictly increasing in commit order and never re-numbered.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import IntEnum
+from typing import Any
+
+import uuid_utils
+
+EVENT_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
+DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+def new_event_id() -> str:
+    """A UUIDv7: time-ordered (48-bit ms timestamp first) and unique without coordination."""
+    return str(uuid_utils.uuid7())
+
+
+def utc_timestamp(moment: datetime | None = None) -> str:
+    """UTC ISO-8601 with milliseconds and a `Z`, e.g. 2026-11-22T07:45:25.123Z."""
+    moment = moment or datetime.now(timezone.utc)
+    if moment.tzinfo is None:
+        raise ValueError("timestamp must carry a time zone")
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def normalise_timestamp(text: str) -> str:
+    """Parse an ISO-8601 time with a zone (as handed in by a local system) into our UTC form."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"not an ISO-8601 time: {text!r}") from exc
+    if moment.tzinfo is None:
+        raise ValueError(f"time has no zone (add Z or +08:00): {text!r}")
+    return utc_timestamp(moment)
+
+
+def stream_of(event_type: str) -> str:
+    """The uplink stream (topic suffix) of a type: its first dotted segment."""
+    return event_type.split(".", 1)[0]
+
+
+class Priority(IntEnum):
+    """What the outbox may drop when it is full: LOW first, then NORMAL, CRITICAL never."""
+
+    LOW = 0
+    NORMAL = 1
+    CRITICAL = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event produced on this gateway, before the outbox numbers it."""
+
+    type: str
+    device_id: str
+    data: dict[str, Any]
+    event_id: str = field(default_factory=new_event_id)
+    ts: str = field(default_factory=utc_timestamp)
+    # Internal events (e.g. `door.opened`) travel on the bus between services and never go up.
+    internal: bool = False
+
+    @property
+    def stream(self) -> str:
+        return stream_of(self.type)
+
+
+def envelope_json(event: Event, *, site_id: str, gateway_id: str, seq: int) -> str:
+    """The envelope as compact JSON text, the form kept in the outbox and sent upstream."""
+    return json.dumps(
+        {
+            "event_id": event.event_id,
+            "type": event.type,
+            "ts": event.ts,
+            "site_id": site_id,
+            "gateway_id": gateway_id,
+            "device_id": event.device_id,
+            "seq": seq,
+            "data": event.data,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
