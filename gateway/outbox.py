@@ -107,7 +107,6 @@ class Outbox:
         drop_first: Iterable[str] = ("visit.counts", "device.status"),
         dedupe_window: float = 7 * 86400,
         prune_interval: float = 60.0,
-        on_committed: Callable[[list[Event]], None] | None = None,
     ):
         self.path = Path(path)
         self.site_id = site_id
@@ -118,9 +117,6 @@ class Outbox:
         self.priority = PriorityRules(never_drop, drop_first)
         self.dedupe_window = dedupe_window
         self.prune_interval = prune_interval
-        # Called in the writer thread after commit with the events it created itself (alarms), so
-        # that the runtime can show them on the bus as well.
-        self.on_committed = on_committed
 
         self._ops: queue.Queue[_Op | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -130,6 +126,7 @@ class Outbox:
         self._backlog_events = 0
         self._backlog_bytes = 0
         self._over_cap_alarmed = False
+        self._age_alarmed = False
         self._counters: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -296,7 +293,6 @@ class Outbox:
         results: list[object] = []
         saved = (self._next_seq, self._backlog_events, self._backlog_bytes, dict(self._counters),
                  self._over_cap_alarmed)
-        created: list[Event] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in batch:
@@ -305,10 +301,10 @@ class Outbox:
                 elif op.kind == "delete":
                     results.append(self._delete(conn, op.seqs or []))
                 elif op.kind == "prune":
-                    results.append(self._prune_by_age(conn, created))
+                    results.append(self._prune_by_age(conn))
                 else:
                     results.append(op.call(conn) if op.call else None)
-            self._enforce_byte_cap(conn, created)
+            self._enforce_byte_cap(conn)
             self._store_counters(conn)
             conn.execute("COMMIT")
         except Exception as exc:  # disk full, I/O error, a bad call: nothing in this batch is accepted
@@ -326,11 +322,6 @@ class Outbox:
         for op, result in zip(batch, results):
             if not op.future.done():
                 op.future.set_result(result)
-        if created and self.on_committed:
-            try:
-                self.on_committed(created)
-            except Exception:
-                log.exception("on_committed callback failed")
 
     def _insert(self, conn: sqlite3.Connection, events: list[Event], dedupe: bool) -> list[Accepted]:
         accepted: list[Accepted] = []
@@ -406,7 +397,7 @@ class Outbox:
             self._count(f"dropped_{priority.name.lower()}", dropped)
         return dropped
 
-    def _enforce_byte_cap(self, conn: sqlite3.Connection, created: list[Event]) -> None:
+    def _enforce_byte_cap(self, conn: sqlite3.Connection) -> None:
         if self._backlog_bytes <= self.max_bytes:
             self._over_cap_alarmed = False
             return
@@ -419,9 +410,9 @@ class Outbox:
                 return
         if not self._over_cap_alarmed:
             self._over_cap_alarmed = True
-            self._raise_alarm(conn, created, "storage_full", max_bytes=self.max_bytes)
+            self._raise_alarm(conn, "storage_full", max_bytes=self.max_bytes)
 
-    def _prune_by_age(self, conn: sqlite3.Connection, created: list[Event]) -> int:
+    def _prune_by_age(self, conn: sqlite3.Connection) -> int:
         cutoff = time.time() - self.max_age
         dropped = sum(self._drop_oldest(conn, p, older_than=cutoff) for p in (Priority.LOW, Priority.NORMAL))
         if dropped:
@@ -429,20 +420,21 @@ class Outbox:
         (old_critical,) = conn.execute(
             "SELECT COUNT(*) FROM outbox WHERE priority = ? AND created < ?", (int(Priority.CRITICAL), cutoff)
         ).fetchone()
-        if old_critical:
-            self._raise_alarm(conn, created, "critical_events_over_max_age", old_critical_events=old_critical,
+        if old_critical and not self._age_alarmed:
+            self._age_alarmed = True
+            self._raise_alarm(conn, "critical_events_over_max_age", old_critical_events=old_critical,
                               max_age_seconds=self.max_age)
+        self._age_alarmed = bool(old_critical)
         conn.execute("DELETE FROM ingest_ids WHERE accepted_at < ?", (time.time() - self.dedupe_window,))
         return dropped
 
-    def _raise_alarm(self, conn: sqlite3.Connection, created: list[Event], alarm: str, **details: object) -> None:
+    def _raise_alarm(self, conn: sqlite3.Connection, alarm: str, **details: object) -> None:
         data = {"alarm": alarm, "backlog_events": self._backlog_events, "backlog_bytes": self._backlog_bytes,
                 **details}
         log.error("outbox alarm %s: %s", alarm, data)
         event = Event(ALARM_EVENT_TYPE, self.gateway_id, data)
         self._insert(conn, [event], dedupe=False)
         self._count(f"alarm_{alarm}", 1)
-        created.append(event)
 
     def _count(self, name: str, n: int) -> None:
         self._counters[name] = self._counters.get(name, 0) + n

@@ -1,0 +1,205 @@
+"""The gateway runtime: wires drivers, bus, outbox, uplink and HTTP API for one site.
+
+    driver --emit--> EventBus --"outbox" subscriber--> Outbox (SQLite) --> Uplink (MQTT) --> platform
+    local system --POST /v1/ingest--------------------> Outbox
+    platform --down/{command}--> Uplink --> CommandRouter --> handlers on the asyncio loop
+
+Everything runs in one process on one asyncio loop, except the outbox writer and the MQTT loop,
+which have a thread each so that disk and network waits never stall the drivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from . import __version__
+from .api import create_app
+from .bus import EventBus
+from .commands import CommandError, CommandRouter
+from .config import ConfigError, SiteConfigBase, load_config
+from .events import Event, utc_timestamp
+from .health import DeviceHealth, DeviceState, HealthRegistry
+from .outbox import Outbox
+from .supervisor import Supervisor
+from .uplink import Uplink
+
+log = logging.getLogger("gateway")
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside our loop: signals belong to the gateway, not to the web server."""
+
+    def capture_signals(self):  # type: ignore[override]
+        return contextlib.nullcontext()
+
+
+class Gateway:
+    def __init__(self, config: SiteConfigBase, config_path: str | Path | None = None):
+        self.config = config
+        self.config_path = Path(config_path) if config_path else None
+        self.started_at = utc_timestamp()
+        self._started = time.monotonic()
+        self.bus = EventBus()
+        self.health = HealthRegistry()
+        self.supervisor = Supervisor(self.bus, self.health)
+        storage = config.storage
+        self.outbox = Outbox(
+            storage.path, site_id=config.site_id, gateway_id=config.gateway_id,
+            max_bytes=int(storage.max_bytes), max_age=storage.max_age, synchronous=storage.synchronous,
+            never_drop=storage.never_drop, drop_first=storage.drop_first,
+            dedupe_window=storage.ingest_dedupe_window,
+        )
+        self.uplink: Uplink | None = None
+        self.commands: CommandRouter | None = None
+        self.api_server: _EmbeddedServer | None = None
+        self.api_port: int | None = None
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.running = asyncio.Event()
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Run until `request_stop` (or a signal handler calling it), then shut down in order."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.outbox.open()
+        await self.bus.start()
+        self.bus.subscribe("outbox", self._record)
+        self.health.on_change(self._device_status_changed)
+
+        self.commands = CommandRouter(self._loop)
+        self.commands.register("ping", self._ping)
+        self.commands.register("reload-config", self._reload_command)
+        self.uplink = Uplink(self.config.uplink, site_id=self.config.site_id, gateway_id=self.config.gateway_id,
+                             outbox=self.outbox, status=self._status_summary, commands=self.commands.dispatch)
+        self.uplink.start()
+        await self.supervisor.apply(self.config.devices)
+        api_task = await self._start_api() if self.config.api.enabled else None
+        log.info("gateway %s/%s running (%d devices)", self.config.site_id, self.config.gateway_id,
+                 len(self.supervisor.running()))
+        self.running.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await self._shutdown(api_task)
+
+    def request_stop(self) -> None:
+        """Safe from any thread and from signal handlers."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def _start_api(self) -> asyncio.Task:
+        api = self.config.api
+        server = _EmbeddedServer(uvicorn.Config(create_app(self), host=api.host, port=api.port,
+                                                log_level="warning", access_log=False, lifespan="off"))
+        self.api_server = server
+        task = asyncio.get_running_loop().create_task(server.serve(), name="http-api")
+        while not server.started:
+            if task.done():
+                task.result()  # raises the bind error, e.g. port in use
+                raise RuntimeError("the HTTP API stopped while starting")
+            await asyncio.sleep(0.01)
+        self.api_port = server.servers[0].sockets[0].getsockname()[1]
+        log.info("HTTP API on http://%s:%d (OpenAPI at /docs)", api.host, self.api_port)
+        return task
+
+    async def _shutdown(self, api_task: asyncio.Task | None) -> None:
+        log.info("gateway stopping")
+        if api_task is not None and self.api_server is not None:
+            self.api_server.should_exit = True
+            await asyncio.gather(api_task, return_exceptions=True)
+        await self.supervisor.stop()
+        await self.bus.stop()  # what drivers emitted reaches the outbox queue
+        if self.uplink is not None:
+            await asyncio.to_thread(self.uplink.stop)
+        await asyncio.to_thread(self.outbox.close)  # commits what is queued
+        log.info("gateway stopped")
+
+    # ------------------------------------------------------------------------ event plumbing
+
+    def _record(self, event: Event) -> None:
+        """Bus subscriber: everything not internal goes to the outbox (committed in groups)."""
+        if event.internal:
+            return
+        future = self.outbox.submit([event])
+        future.add_done_callback(_log_rejection)
+
+    def _device_status_changed(self, health: DeviceHealth) -> None:
+        try:
+            self.bus.publish(Event("device.status", health.device_id, health.as_dict()))
+        except RuntimeError:
+            return  # the bus has stopped: we are shutting down
+        if self.uplink is not None:
+            self.uplink.status_changed()
+
+    # ---------------------------------------------------------------------------- reporting
+
+    def uptime(self) -> float:
+        return round(time.monotonic() - self._started, 3)
+
+    def _status_summary(self) -> dict[str, Any]:
+        return {"version": __version__, "started_at": self.started_at, "devices": self.health.summary()}
+
+    def health_report(self) -> dict[str, Any]:
+        stats = self.outbox.stats()
+        devices = self.health.all()
+        connected = bool(self.uplink and self.uplink.connected)
+        degraded = not connected or any(d.state == DeviceState.ERROR for d in devices)
+        return {
+            "status": "degraded" if degraded else "ok",
+            "version": __version__,
+            "site_id": self.config.site_id,
+            "gateway_id": self.config.gateway_id,
+            "started_at": self.started_at,
+            "uptime_s": self.uptime(),
+            "uplink": {
+                "connected": connected,
+                "broker": f"{self.config.uplink.host}:{self.config.uplink.port}",
+                "last_error": self.uplink.stats.last_error if self.uplink else None,
+                "events_acknowledged": self.uplink.stats.events_acknowledged if self.uplink else 0,
+            },
+            "backlog": {"events": stats.backlog_events, "bytes": stats.backlog_bytes},
+            "counters": stats.counters,
+            "devices": [d.as_dict() for d in devices],
+        }
+
+    # ----------------------------------------------------------------------------- commands
+
+    async def _ping(self, args: dict) -> dict:
+        return {"pong": True, "ts": utc_timestamp(), "version": __version__, "uptime_s": self.uptime()}
+
+    async def _reload_command(self, args: dict) -> dict:
+        return await self.reload()
+
+    async def reload(self) -> dict:
+        """Re-read the config file and apply what can change live (devices, API token)."""
+        if self.config_path is None:
+            raise CommandError("this gateway was not started from a config file")
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            raise CommandError(f"config not reloaded, it has problems:\n{exc}") from None
+        old = self.config
+        if (new.site_id, new.gateway_id) != (old.site_id, old.gateway_id):
+            raise CommandError("site_id and gateway_id cannot change while running; restart the gateway")
+        restart_required = [name for name in ("uplink", "storage") if getattr(new, name) != getattr(old, name)]
+        if (new.api.host, new.api.port, new.api.enabled) != (old.api.host, old.api.port, old.api.enabled):
+            restart_required.append("api")
+        self.config = new
+        changes = await self.supervisor.apply(new.devices)
+        log.info("config reloaded: %s; restart required for: %s", changes, restart_required or "nothing")
+        return {"devices": changes, "restart_required": restart_required}
+
+
+def _log_rejection(future) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.error("event not stored: %s", exc)
