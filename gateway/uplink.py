@@ -220,7 +220,7 @@ class Uplink:
                 else:
                     busy = False
                 rc = conn.client.loop(timeout=0.0 if busy else 0.02)
-                if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+                if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN) and conn.failed is None:
                     conn.failed = f"network loop: {mqtt.error_string(rc)}"
         except Exception as exc:  # the watchdog starts a new loop; say why this one ended
             log.exception("uplink loop crashed")
