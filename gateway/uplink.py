@@ -33,12 +33,16 @@ from .outbox import Outbox, PendingRow
 
 log = logging.getLogger("gateway.uplink")
 
+CONNACK_TIMEOUT = 15.0
+STABLE_CONNECTION = 10.0  # a connection that lasted this long resets the reconnect backoff
+
 CommandDispatcher = Callable[[str, bytes, Callable[[dict], None]], None]
 
 
 @dataclass
 class UplinkStats:
     connected: bool = False
+    connect_attempts: int = 0
     connects: int = 0
     disconnects: int = 0
     messages_published: int = 0
@@ -78,6 +82,15 @@ class _Connection:
     cursor: int = 0  # highest seq handed to this connection
     inflight: dict[int, list[int]] = field(default_factory=dict)  # mid -> seqs
     partial_since: float | None = None
+    opened: float = field(default_factory=time.monotonic)
+    connected_at: float | None = None
+    delivered_any: bool = False
+
+    def lasted(self) -> bool:
+        """Was this a working connection (so a reconnect may be tried at once) or a failed attempt?"""
+        if self.connected_at is None:
+            return False
+        return self.delivered_any or time.monotonic() - self.connected_at >= STABLE_CONNECTION
 
 
 def batch_messages(rows: list[PendingRow], topics: Topics, max_events: int, max_bytes: int) -> list[_Message]:
@@ -194,7 +207,7 @@ class Uplink:
     # ------------------------------------------------------------------------------ the loop
 
     def _run(self, generation: int) -> None:
-        attempt = 0
+        failures = 0  # connections in a row that failed or did not last
         conn: _Connection | None = None
         try:
             while not self._stopping.is_set() and generation == self._generation:
@@ -202,16 +215,17 @@ class Uplink:
                 if conn is None:
                     conn = self._connect()
                     if conn is None:
-                        delay = min(self.config.reconnect_max, self.config.reconnect_min * 2 ** attempt)
-                        attempt += 1
-                        self._stopping.wait(delay)
+                        failures += 1
+                        self._stopping.wait(self._backoff(failures))
                         continue
                 if conn.failed is not None:
+                    failures = 0 if conn.lasted() else failures + 1
                     self._drop_connection(conn, conn.failed)
                     conn = None
+                    if failures:  # refused, rejected or dropped at once: don't hammer the broker
+                        self._stopping.wait(self._backoff(failures))
                     continue
                 if conn.connected:
-                    attempt = 0
                     self._send_acks(conn)
                     if self._status_dirty.is_set():
                         self._status_dirty.clear()
@@ -219,6 +233,8 @@ class Uplink:
                     busy = self._fill_window(conn)
                 else:
                     busy = False
+                    if time.monotonic() - conn.opened > CONNACK_TIMEOUT:
+                        conn.failed = f"no answer (CONNACK) from the broker within {CONNACK_TIMEOUT:g}s"
                 rc = conn.client.loop(timeout=0.0 if busy else 0.02)
                 if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN) and conn.failed is None:
                     conn.failed = f"network loop: {mqtt.error_string(rc)}"
@@ -229,6 +245,9 @@ class Uplink:
             if conn is not None:
                 self._close(conn, clean=self._stopping.is_set() and generation == self._generation)
 
+    def _backoff(self, failures: int) -> float:
+        return min(self.config.reconnect_max, self.config.reconnect_min * 2 ** (failures - 1))
+
     def _connect(self) -> _Connection | None:
         cfg = self.config
         client_id = cfg.client_id or f"gw-{self.site_id}-{self.gateway_id}"
@@ -238,6 +257,7 @@ class Uplink:
             client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
                                  clean_session=True)
         conn = _Connection(client)
+        self.stats.connect_attempts += 1
         client.max_inflight_messages_set(cfg.max_inflight + 8)  # our own window is the limit
         client.max_queued_messages_set(0)
         if cfg.username:
@@ -274,6 +294,7 @@ class Uplink:
             conn.failed = f"broker refused the connection: {reason_code}"
             return
         conn.connected = True
+        conn.connected_at = time.monotonic()
         conn.cursor = 0  # everything still in the outbox goes (again) on this connection
         self.stats.connected = True
         self.stats.connects += 1
@@ -359,9 +380,10 @@ class Uplink:
             return  # a status or ack message
         if reason_code is not None and getattr(reason_code, "is_failure", False):
             # The broker refused the batch (not authorised, quota...): keep the events and start over
-            # on a fresh connection after backoff rather than lose them.
+            # on a fresh connection after backoff (see _run) rather than lose them.
             conn.failed = f"broker rejected a batch: {reason_code}"
             return
+        conn.delivered_any = True
         self.stats.events_acknowledged += len(seqs)
         self.outbox.delivered(seqs)
 

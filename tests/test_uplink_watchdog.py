@@ -68,3 +68,26 @@ def test_a_stalled_loop_is_replaced(tmp_path, mosquitto, platform, monkeypatch, 
         release.set()
         uplink.stop()
         outbox.close()
+
+
+def test_a_refused_login_is_retried_with_backoff_not_in_a_tight_loop(tmp_path):
+    from simulator.brokers import MosquittoBroker, make_password_file
+
+    make_password_file(tmp_path / "passwords", "gateway", "right")
+    with MosquittoBroker(password_file=str(tmp_path / "passwords")) as broker:
+        outbox = Outbox(tmp_path / "o.db", site_id="s1", gateway_id="g1").open()
+        config = UplinkConfig(host="127.0.0.1", port=broker.port, username="gateway", password="wrong",
+                              reconnect_min=0.2, reconnect_max=1.0)
+        uplink = Uplink(config, site_id="s1", gateway_id="g1", outbox=outbox, status=dict)
+        outbox.accept([Event("access.granted", "door-1", {"door": "D1"})])
+        uplink.start()
+        try:
+            time.sleep(3)
+            # Backoff 0.2, 0.4, 0.8, 1, 1 s: a handful of attempts, not hundreds.
+            assert 2 <= uplink.stats.connect_attempts <= 8
+            assert "refused" in uplink.stats.last_error
+            assert uplink.stats.connects == 0
+            assert outbox.stats().backlog_events == 1  # kept for when the password is fixed
+        finally:
+            uplink.stop()
+            outbox.close()
