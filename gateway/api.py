@@ -8,6 +8,7 @@ is stored; a missing or wrong bearer token gets 401 before the body is even read
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -48,10 +49,26 @@ class IngestEvent(BaseModel):
         except ValueError:
             raise ValueError("event_id must be a UUID") from None
 
+    @field_validator("data")
+    @classmethod
+    def _finite_numbers(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The JSON parser accepts NaN, Infinity and 1e400 (-> inf); the envelope would then carry
+        # `NaN`/`Infinity`, which is not JSON and which the platform's parser may refuse.
+        try:
+            json.dumps(value, allow_nan=False)
+        except ValueError:
+            raise ValueError("data must not contain NaN or infinite numbers") from None
+        return value
+
     @field_validator("ts")
     @classmethod
     def _timestamp(cls, value: str | None) -> str | None:
-        return None if value is None else normalise_timestamp(value)
+        if value is None:
+            return None
+        try:
+            return normalise_timestamp(value)
+        except OverflowError:  # 0001-01-01T00:00:00+08:00 is before year 1 in UTC
+            raise ValueError(f"time out of range: {value!r}") from None
 
 
 class IngestRequest(BaseModel):

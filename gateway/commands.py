@@ -9,6 +9,7 @@ may deliver twice) is answered with the first ack and not run again.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 from collections import OrderedDict
@@ -40,6 +41,8 @@ def parse_command(payload: bytes) -> tuple[str, dict[str, Any]]:
         body = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"payload is not JSON: {exc}") from None
+    except RecursionError:  # e.g. 100k nested `[`: still well under MAX_PAYLOAD_BYTES
+        raise ValueError("payload is nested too deeply") from None
     if not isinstance(body, dict):
         raise ValueError("payload must be a JSON object")
     command_id = body.get("command_id")
@@ -58,7 +61,7 @@ def _command_id_if_any(payload: bytes) -> str | None:
         value = json.loads(payload.decode("utf-8")).get("command_id")
     except Exception:
         return None
-    return value if isinstance(value, str) and len(value) <= MAX_COMMAND_ID_LENGTH else None
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_COMMAND_ID_LENGTH else None
 
 
 class CommandRouter:
@@ -66,6 +69,7 @@ class CommandRouter:
         self._loop = loop
         self._handlers: dict[str, CommandHandler] = {}
         self._answered: OrderedDict[str, dict] = OrderedDict()
+        self._running: dict[str, concurrent.futures.Future] = {}  # command_id -> its run, until answered
         self.timeout = timeout
 
     def register(self, name: str, handler: CommandHandler) -> None:
@@ -86,13 +90,26 @@ class CommandRouter:
         if command_id in self._answered:
             reply(self._answered[command_id])
             return
+        running = self._running.get(command_id)
+        if running is not None:  # redelivered while the first run is still going: answer with its ack
+            running.add_done_callback(lambda f: reply(f.result()))
+            return
         handler = self._handlers.get(name)
         if handler is None:
             reply(self._remember(_ack(command_id, False, f"unknown command {name!r} (known: {', '.join(self.names)})")))
             return
         log.info("command %s (%s)", name, command_id)
         future = asyncio.run_coroutine_threadsafe(self._run(name, command_id, handler, args), self._loop)
-        future.add_done_callback(lambda f: reply(self._remember(f.result())))
+        self._running[command_id] = future
+
+        def answered(f: concurrent.futures.Future) -> None:
+            try:
+                ack = self._remember(f.result())
+            finally:
+                self._running.pop(command_id, None)
+            reply(ack)
+
+        future.add_done_callback(answered)
 
     async def _run(self, name: str, command_id: str, handler: CommandHandler, args: dict) -> dict:
         try:

@@ -282,12 +282,19 @@ def parse_config(text: str, source: str = "<config>", env: dict[str, str] | None
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
         raise ConfigError(source, [ConfigProblem("", f"not valid YAML: {getattr(exc, 'problem', exc)}", line)])
+    except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+        # PyYAML's safe constructors let some errors escape unwrapped: `2001-02-30` (ValueError),
+        # `!!int x` (ValueError), `!!timestamp x` (AttributeError), very deep nesting (RecursionError).
+        raise ConfigError(source, [ConfigProblem("", f"not valid YAML: {type(exc).__name__}: {exc}")]) from None
     if not isinstance(raw, dict):
         raise ConfigError(source, [ConfigProblem("", "the file must be a YAML mapping (key: value lines)", 1)])
 
-    lines = _line_numbers(text)
     env_problems: list[tuple[tuple, str]] = []
-    data = _substitute_env(raw, (), env_problems, env)
+    try:
+        lines = _line_numbers(text)
+        data = _substitute_env(raw, (), env_problems, env)
+    except RecursionError:  # an anchor that contains its own alias (`a: &x [*x]`) never ends
+        raise ConfigError(source, [ConfigProblem("", "the YAML nests too deeply or an anchor refers to itself")]) from None
     problems = [ConfigProblem(format_location(p), m, _nearest_line(p, lines)) for p, m in env_problems]
 
     kinds = device_kinds()

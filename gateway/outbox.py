@@ -235,6 +235,9 @@ class Outbox:
     def run_in_writer(self, call: Callable[[sqlite3.Connection], object]) -> Future:
         """Run `call(conn)` inside a write transaction of the writer thread (for maintenance and tests)."""
         future: Future = Future()
+        if self._closed:  # no writer would ever take it: the future would never resolve
+            future.set_exception(OutboxClosed("the outbox is closed"))
+            return future
         self._ops.put(_Op("call", future, call=call))
         return future
 
@@ -292,7 +295,7 @@ class Outbox:
     def _apply_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         results: list[object] = []
         saved = (self._next_seq, self._backlog_events, self._backlog_bytes, dict(self._counters),
-                 self._over_cap_alarmed)
+                 self._over_cap_alarmed, self._age_alarmed)
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in batch:
@@ -314,7 +317,7 @@ class Outbox:
             except sqlite3.Error:
                 pass
             (self._next_seq, self._backlog_events, self._backlog_bytes, self._counters,
-             self._over_cap_alarmed) = saved
+             self._over_cap_alarmed, self._age_alarmed) = saved
             for op in batch:
                 if not op.future.done():
                     op.future.set_exception(exc)
