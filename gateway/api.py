@@ -19,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import __version__
-from .events import DEVICE_ID_PATTERN, EVENT_TYPE_PATTERN, Event, new_event_id, normalise_timestamp, utc_timestamp
+from .events import DEVICE_ID_PATTERN, EVENT_TYPE_PATTERN, Event, check_event_type, new_event_id, normalise_timestamp, utc_timestamp
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 MAX_EVENTS_PER_REQUEST = 1000
 # Starlette renamed the constant; the code is 422 either way.
 HTTP_422 = getattr(status, "HTTP_422_UNPROCESSABLE_CONTENT", 422)
+HTTP_413 = getattr(status, "HTTP_413_CONTENT_TOO_LARGE", 413)
 
 
 class IngestEvent(BaseModel):
@@ -38,6 +39,11 @@ class IngestEvent(BaseModel):
     data: dict[str, Any] = Field(..., description="type-specific object")
     event_id: str | None = Field(None, description="a UUID chosen by the sender; repeats are accepted once")
     ts: str | None = Field(None, description="ISO-8601 with a zone; defaults to the time of arrival")
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, value: str) -> str:
+        return check_event_type(value)
 
     @field_validator("event_id")
     @classmethod
@@ -160,12 +166,12 @@ def create_app(gateway: "Gateway") -> FastAPI:
 async def _read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes")
+        raise HTTPException(HTTP_413, f"body larger than {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes")
+            raise HTTPException(HTTP_413, f"body larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -191,9 +191,13 @@ class Gateway:
         if (new.site_id, new.gateway_id) != (old.site_id, old.gateway_id):
             raise CommandError("site_id and gateway_id cannot change while running; restart the gateway")
         restart_required = [name for name in ("uplink", "storage") if getattr(new, name) != getattr(old, name)]
+        api_live = new.api
         if (new.api.host, new.api.port, new.api.enabled) != (old.api.host, old.api.port, old.api.enabled):
             restart_required.append("api")
-        self.config = new
+            api_live = old.api.model_copy(update={"token": new.api.token, "max_body_bytes": new.api.max_body_bytes})
+        # What needs a restart keeps its running value, so that /v1/health shows what is really in use.
+        self.config = new.model_copy(update={"uplink": old.uplink, "storage": old.storage, "api": api_live})
+        logging.getLogger().setLevel(new.log_level.upper())
         changes = await self.supervisor.apply(new.devices)
         log.info("config reloaded: %s; restart required for: %s", changes, restart_required or "nothing")
         return {"devices": changes, "restart_required": restart_required}

@@ -59,7 +59,7 @@ class UplinkConfig(StrictModel):
     password: SecretStr | None = None
     topic_prefix: str = Field("site", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
     batch_max_events: int = Field(500, ge=1, le=10_000)
-    batch_max_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    batch_max_bytes: ByteSize = Field(ByteSize(256 * 1024), ge=1024, le=16 * 1024 * 1024)
     linger: Duration = Field(0.05, description="how long to wait for a batch to fill when the backlog is small")
     max_inflight: int = Field(16, ge=1, le=1000, description="batches published and not yet acknowledged")
     keepalive: Duration = 30.0
@@ -90,7 +90,7 @@ class ApiConfig(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     token: SecretStr = Field(..., description="bearer token for /v1/ingest and other protected endpoints")
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_body_bytes: ByteSize = Field(ByteSize(4 * 1024 * 1024), ge=1024)
 
     @field_validator("token")
     @classmethod
@@ -101,8 +101,8 @@ class ApiConfig(StrictModel):
 
 
 class SiteConfigBase(StrictModel):
-    site_id: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    gateway_id: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    site_id: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    gateway_id: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     api: ApiConfig
@@ -180,11 +180,23 @@ class ConfigError(Exception):
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _substitute_env(value: Any, path: tuple, problems: list[tuple[tuple, str]], env: dict[str, str]) -> Any:
+MAX_CONFIG_VALUES = 200_000  # a site config has hundreds; more means YAML aliases multiplying ("billion laughs")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _substitute_env(value: Any, path: tuple, problems: list[tuple[tuple, str]], env: dict[str, str],
+                    budget: list[int] | None = None) -> Any:
+    budget = budget if budget is not None else [MAX_CONFIG_VALUES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooLarge()
     if isinstance(value, dict):
-        return {k: _substitute_env(v, path + (k,), problems, env) for k, v in value.items()}
+        return {k: _substitute_env(v, path + (k,), problems, env, budget) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute_env(v, path + (i,), problems, env) for i, v in enumerate(value)]
+        return [_substitute_env(v, path + (i,), problems, env, budget) for i, v in enumerate(value)]
     if not isinstance(value, str) or "$" not in value:
         return value
 
@@ -205,8 +217,12 @@ def _substitute_env(value: Any, path: tuple, problems: list[tuple[tuple, str]], 
 def _line_numbers(text: str) -> dict[tuple, int]:
     """Map each path in the YAML document to the 1-based line where its value starts."""
     lines: dict[tuple, int] = {}
+    budget = [MAX_CONFIG_VALUES]
 
     def walk(node: yaml.Node, path: tuple) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _TooLarge()
         lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
@@ -295,6 +311,9 @@ def parse_config(text: str, source: str = "<config>", env: dict[str, str] | None
         data = _substitute_env(raw, (), env_problems, env)
     except RecursionError:  # an anchor that contains its own alias (`a: &x [*x]`) never ends
         raise ConfigError(source, [ConfigProblem("", "the YAML nests too deeply or an anchor refers to itself")]) from None
+    except _TooLarge:
+        raise ConfigError(source, [ConfigProblem("", f"the config expands to more than {MAX_CONFIG_VALUES} values "
+                                                     "(YAML aliases repeating each other?)")]) from None
     problems = [ConfigProblem(format_location(p), m, _nearest_line(p, lines)) for p, m in env_problems]
 
     kinds = device_kinds()

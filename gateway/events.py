@@ -18,6 +18,26 @@ import uuid_utils
 
 EVENT_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
 DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+# Streams become topic levels under .../up/; `ack` is taken by command acks.
+RESERVED_STREAMS = frozenset({"ack"})
+MAX_EVENT_TYPE_LENGTH = 64
+
+
+def check_event_type(event_type: str) -> str:
+    """The type itself, or ValueError saying why it cannot be an event type."""
+    if not isinstance(event_type, str) or len(event_type) > MAX_EVENT_TYPE_LENGTH \
+            or not EVENT_TYPE_PATTERN.match(event_type):
+        raise ValueError(f"event type must be dotted lower case like visit.entry, got {event_type!r}")
+    if stream_of(event_type) in RESERVED_STREAMS:
+        raise ValueError(f"event type {event_type!r}: the stream {stream_of(event_type)!r} is reserved")
+    return event_type
+
+
+def check_device_id(device_id: str) -> str:
+    if not isinstance(device_id, str) or not DEVICE_ID_PATTERN.match(device_id):
+        raise ValueError(f"device id must be letters, digits and _.:- (starting with a letter or digit), "
+                         f"got {device_id!r}")
+    return device_id
 
 
 def new_event_id() -> str:
@@ -69,24 +89,36 @@ class Event:
     # Internal events (e.g. `door.opened`) travel on the bus between services and never go up.
     internal: bool = False
 
+    def __post_init__(self) -> None:
+        # Checked where events are made, so a bad one fails in the driver that made it, not later
+        # inside a transaction shared with other events.
+        check_event_type(self.type)
+        check_device_id(self.device_id)
+
     @property
     def stream(self) -> str:
         return stream_of(self.type)
 
 
+def envelope_parts(event: Event, *, site_id: str, gateway_id: str) -> tuple[str, str]:
+    """The envelope as compact JSON, split where `seq` goes: `head + str(seq) + tail`.
+
+    The producer encodes (and so validates) the event; the outbox writer only fills in the seq it
+    assigns at commit. Raises ValueError for data that is not JSON (NaN, Infinity, objects).
+    """
+    head = json.dumps(
+        {"event_id": event.event_id, "type": event.type, "ts": event.ts, "site_id": site_id,
+         "gateway_id": gateway_id, "device_id": event.device_id},
+        separators=(",", ":"), ensure_ascii=False,
+    )
+    try:
+        data = json.dumps(event.data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{event.type} from {event.device_id}: data is not JSON: {exc}") from None
+    return head[:-1] + ',"seq":', ',"data":' + data + "}"
+
+
 def envelope_json(event: Event, *, site_id: str, gateway_id: str, seq: int) -> str:
     """The envelope as compact JSON text, the form kept in the outbox and sent upstream."""
-    return json.dumps(
-        {
-            "event_id": event.event_id,
-            "type": event.type,
-            "ts": event.ts,
-            "site_id": site_id,
-            "gateway_id": gateway_id,
-            "device_id": event.device_id,
-            "seq": seq,
-            "data": event.data,
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    head, tail = envelope_parts(event, site_id=site_id, gateway_id=gateway_id)
+    return head + str(seq) + tail

@@ -48,7 +48,8 @@ class HealthRegistry:
 
     def add(self, device_id: str, kind: str) -> None:
         with self._lock:
-            self._devices.setdefault(device_id, DeviceHealth(device_id, kind))
+            health = self._devices.setdefault(device_id, DeviceHealth(device_id, kind))
+            health.kind = kind  # a device re-configured as another kind keeps its history
 
     def remove(self, device_id: str) -> None:
         with self._lock:

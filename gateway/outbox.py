@@ -30,7 +30,7 @@ from typing import Callable, Iterable, NamedTuple
 
 import sqlite_utils
 
-from .events import Event, Priority, envelope_json, stream_of
+from .events import Event, Priority, envelope_parts, stream_of
 
 log = logging.getLogger("gateway.outbox")
 
@@ -67,7 +67,7 @@ class OutboxClosed(RuntimeError):
 class _Op:
     kind: str  # insert | delete | prune | call
     future: Future
-    events: list[Event] | None = None
+    events: list[tuple[Event, str, str]] | None = None  # (event, envelope head, tail) around the seq
     dedupe: bool = False
     seqs: list[int] | None = None
     call: Callable[[sqlite3.Connection], object] | None = None
@@ -104,7 +104,7 @@ class Outbox:
         max_age: float = 30 * 86400,
         synchronous: str = "full",
         never_drop: Iterable[str] = ("access", "sale", "points", "gateway"),
-        drop_first: Iterable[str] = ("visit.counts", "device.status"),
+        drop_first: Iterable[str] = ("visit.counts", "zone.occupancy", "device.status"),
         dedupe_window: float = 7 * 86400,
         prune_interval: float = 60.0,
     ):
@@ -203,7 +203,13 @@ class Outbox:
         if self._closed:
             future.set_exception(OutboxClosed("the outbox is closed"))
             return future
-        self._ops.put(_Op("insert", future, events=list(events), dedupe=dedupe))
+        try:
+            encoded = [(event, *envelope_parts(event, site_id=self.site_id, gateway_id=self.gateway_id))
+                       for event in events]
+        except ValueError as exc:  # refused here, alone, before it can share a transaction
+            future.set_exception(exc)
+            return future
+        self._ops.put(_Op("insert", future, events=encoded, dedupe=dedupe))
         return future
 
     def accept(self, events: list[Event], *, dedupe: bool = False, timeout: float | None = 30) -> list[Accepted]:
@@ -326,11 +332,11 @@ class Outbox:
             if not op.future.done():
                 op.future.set_result(result)
 
-    def _insert(self, conn: sqlite3.Connection, events: list[Event], dedupe: bool) -> list[Accepted]:
+    def _insert(self, conn: sqlite3.Connection, events: list[tuple[Event, str, str]], dedupe: bool) -> list[Accepted]:
         accepted: list[Accepted] = []
         rows = []
         now = time.time()
-        for event in events:
+        for event, head, tail in events:
             if dedupe:
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO ingest_ids(event_id, seq, accepted_at) VALUES (?, ?, ?)",
@@ -344,7 +350,7 @@ class Outbox:
                     continue
             seq = self._next_seq
             self._next_seq += 1
-            body = envelope_json(event, site_id=self.site_id, gateway_id=self.gateway_id, seq=seq)
+            body = head + str(seq) + tail
             size = len(body.encode("utf-8")) if not body.isascii() else len(body)
             rows.append((seq, event.event_id, event.type, event.stream, int(self.priority.of(event.type)),
                          now, size, body))
@@ -436,7 +442,8 @@ class Outbox:
                 **details}
         log.error("outbox alarm %s: %s", alarm, data)
         event = Event(ALARM_EVENT_TYPE, self.gateway_id, data)
-        self._insert(conn, [event], dedupe=False)
+        self._insert(conn, [(event, *envelope_parts(event, site_id=self.site_id, gateway_id=self.gateway_id))],
+                     dedupe=False)
         self._count(f"alarm_{alarm}", 1)
 
     def _count(self, name: str, n: int) -> None:

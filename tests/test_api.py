@@ -215,6 +215,7 @@ MALFORMED = {
     "events not a list": {"events": {"type": "a.b"}},
     "1001 events": {"events": [event() for _ in range(1001)]},
     "bad type pattern": {"events": [event(type="Parking.Entry")]},
+    "reserved stream ack": {"events": [event(type="ack.received")]},
     "type without dot": {"events": [event(type="parking")]},
     "type too long": {"events": [event(type="a." + "b" * 63)]},
     "bad device_id": {"events": [event(device_id="-starts-with-dash")]},

@@ -373,3 +373,18 @@ def test_one_section_replaced_parses_or_raises_config_error(section, value):
     data = yaml.safe_load(VALID)
     data[section] = value
     _parses_or_config_error(yaml.safe_dump(data, allow_unicode=True))
+
+
+def test_yaml_alias_bomb_is_refused_quickly_with_a_clear_error():
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for prev, name in zip("abcdefg", "bcdefgh"):
+        levels.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]")
+    with pytest.raises(ConfigError, match="expands to more than"):
+        parse_config("\n".join(levels) + "\n")
+
+
+def test_byte_sizes_take_units_everywhere():
+    config = parse_config("site_id: m1\ngateway_id: g1\napi: {token: 0123456789abcdef, max_body_bytes: 1MiB}\n"
+                          "uplink: {batch_max_bytes: 64KiB}\n")
+    assert config.api.max_body_bytes == 1024 * 1024
+    assert config.uplink.batch_max_bytes == 64 * 1024

@@ -446,3 +446,21 @@ def test_envelope_fields(open_outbox, db_path):
     assert (row["event_id"], row["type"], row["stream"]) == (event.event_id, "parking.entry", "parking")
     assert row["size"] == len(row["body"].encode("utf-8")) > len(row["body"])  # bytes, not characters
     assert outbox.stats().backlog_bytes == row["size"]
+
+
+def test_an_event_that_is_not_json_is_refused_alone(tmp_path):
+    """Encoding happens at submit: a bad event fails its own future and spoils no shared commit."""
+    import math
+
+    from gateway.events import Event
+    from gateway.outbox import Outbox
+
+    with Outbox(tmp_path / "o.db", site_id="s1", gateway_id="g1") as outbox:
+        good_before = outbox.submit([Event("visit.entry", "cam-1", {"i": 1})])
+        bad = outbox.submit([Event("visit.entry", "cam-1", {"x": math.nan})])
+        good_after = outbox.submit([Event("visit.entry", "cam-1", {"i": 2})])
+        assert [a.seq for a in good_before.result(5)] == [1]
+        with pytest.raises(ValueError, match="not JSON"):
+            bad.result(5)
+        assert [a.seq for a in good_after.result(5)] == [2]
+        assert outbox.stats().backlog_events == 2
