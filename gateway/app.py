@@ -32,6 +32,8 @@ from .uplink import Uplink
 
 log = logging.getLogger("gateway")
 
+OUTBOX_QUEUE_HIGH_WATER = 20_000
+
 
 class _EmbeddedServer(uvicorn.Server):
     """uvicorn inside our loop: signals belong to the gateway, not to the web server."""
@@ -72,7 +74,7 @@ class Gateway:
         self._stop = asyncio.Event()
         self.outbox.open()
         await self.bus.start()
-        self.bus.subscribe("outbox", self._record)
+        self.bus.subscribe("outbox", self._record, batch=True)
         self.health.on_change(self._device_status_changed)
 
         self.commands = CommandRouter(self._loop)
@@ -125,12 +127,23 @@ class Gateway:
 
     # ------------------------------------------------------------------------ event plumbing
 
-    def _record(self, event: Event) -> None:
+    async def _record(self, events: list[Event]) -> None:
         """Bus subscriber: everything not internal goes to the outbox (committed in groups)."""
-        if event.internal:
+        events = [e for e in events if not e.internal]
+        if not events:
             return
-        future = self.outbox.submit([event])
+        future = self.outbox.submit(events)
+        if future.done() and isinstance(future.exception(), ValueError):
+            # A driver made an event that cannot be JSON (refused at once, at submit): store the
+            # others one by one so that only the bad one is lost, and logged.
+            for event in events:
+                self.outbox.submit([event]).add_done_callback(_log_rejection)
+            return
         future.add_done_callback(_log_rejection)
+        if self.outbox.queued_events > OUTBOX_QUEUE_HIGH_WATER:
+            # The disk is behind: wait for this commit, so the backlog stays on the bus, whose
+            # high-water mark then holds back the drivers that flood it.
+            await asyncio.wrap_future(future)
 
     def _device_status_changed(self, health: DeviceHealth) -> None:
         try:

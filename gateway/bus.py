@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable, Union
 
@@ -19,6 +20,10 @@ from .events import Event
 log = logging.getLogger("gateway.bus")
 
 Handler = Callable[[Event], Union[None, Awaitable[None]]]
+MAX_BATCH = 500
+# A driver thread that publishes faster than the services keep up is held back (it waits in
+# `publish`) once this many events are waiting, so that a burst costs time, not unbounded memory.
+HIGH_WATER = 10_000
 
 
 @dataclass
@@ -26,6 +31,7 @@ class Subscription:
     name: str
     handler: Handler
     patterns: tuple[str, ...]  # exact types, stream prefixes ("access"), or "*"
+    batch: bool = False  # handler takes a list of whatever is queued (up to MAX_BATCH), in order
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     task: asyncio.Task | None = None
     delivered: int = 0
@@ -41,9 +47,11 @@ class EventBus:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self.published = 0
+        self._handed_over = 0  # by other threads, not yet dispatched on the loop: published lags this
 
-    def subscribe(self, name: str, handler: Handler, patterns: Iterable[str] = ("*",)) -> Subscription:
-        sub = Subscription(name, handler, tuple(patterns))
+    def subscribe(self, name: str, handler: Handler, patterns: Iterable[str] = ("*",), *,
+                  batch: bool = False) -> Subscription:
+        sub = Subscription(name, handler, tuple(patterns), batch)
         self._subscriptions.append(sub)
         if self._loop is not None:
             sub.task = self._loop.create_task(self._consume(sub), name=f"bus:{name}")
@@ -75,8 +83,16 @@ class EventBus:
             raise RuntimeError("the event bus is not running")
         if threading.get_ident() == self._loop_thread:
             self._dispatch(event)
-        else:
-            loop.call_soon_threadsafe(self._dispatch, event)
+            return
+        while self.waiting() > HIGH_WATER and self._loop is not None:
+            time.sleep(0.001)  # backpressure on the publishing thread; the loop is never blocked
+        self._handed_over += 1  # only other threads write it; a lost increment only loosens the bound
+        loop.call_soon_threadsafe(self._dispatch, event)
+
+    def waiting(self) -> int:
+        """Events published and not yet handled by the slowest subscriber (approximate)."""
+        deepest = max((s.queue.qsize() for s in self._subscriptions), default=0)
+        return max(0, self._handed_over - self.published) + deepest
 
     def _dispatch(self, event: Event) -> None:
         self.published += 1
@@ -86,17 +102,21 @@ class EventBus:
 
     async def _consume(self, sub: Subscription) -> None:
         while True:
-            event = await sub.queue.get()
+            events = [await sub.queue.get()]
+            while sub.batch and len(events) < MAX_BATCH and not sub.queue.empty():
+                events.append(sub.queue.get_nowait())
             try:
-                result = sub.handler(event)
+                result = sub.handler(events if sub.batch else events[0])
                 if inspect.isawaitable(result):
                     await result
-                sub.delivered += 1
+                sub.delivered += len(events)
             except Exception:
-                sub.failed += 1
-                log.exception("bus subscriber %s failed on %s %s", sub.name, event.type, event.event_id)
+                sub.failed += len(events)
+                log.exception("bus subscriber %s failed on %s %s%s", sub.name, events[0].type, events[0].event_id,
+                              f" and {len(events) - 1} more" if len(events) > 1 else "")
             finally:
-                sub.queue.task_done()
+                for _ in events:
+                    sub.queue.task_done()
 
     def backlog(self) -> dict[str, int]:
         return {s.name: s.queue.qsize() for s in self._subscriptions}

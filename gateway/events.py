@@ -7,13 +7,14 @@ committed, so that `seq` is strictly increasing in commit order and never re-num
 
 from __future__ import annotations
 
-import json
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import IntEnum
 from typing import Any
 
+import orjson
 import uuid_utils
 
 EVENT_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
@@ -47,7 +48,10 @@ def new_event_id() -> str:
 
 def utc_timestamp(moment: datetime | None = None) -> str:
     """UTC ISO-8601 with milliseconds and a `Z`, e.g. 2026-11-22T07:45:25.123Z."""
-    moment = moment or datetime.now(timezone.utc)
+    if moment is None:  # the hot path: every event is stamped (twice as fast as datetime)
+        now = time.time()
+        seconds = int(now)
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int((now - seconds) * 1000):03d}Z"
     if moment.tzinfo is None:
         raise ValueError("timestamp must carry a time zone")
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -100,25 +104,27 @@ class Event:
         return stream_of(self.type)
 
 
-def envelope_parts(event: Event, *, site_id: str, gateway_id: str) -> tuple[str, str]:
-    """The envelope as compact JSON, split where `seq` goes: `head + str(seq) + tail`.
+def envelope_parts(event: Event, *, site_id: str, gateway_id: str) -> tuple[bytes, bytes]:
+    """The envelope as compact UTF-8 JSON, split where `seq` goes: `head + b"%d" % seq + tail`.
 
     The producer encodes (and so validates) the event; the outbox writer only fills in the seq it
-    assigns at commit. Raises ValueError for data that is not JSON (NaN, Infinity, objects).
+    assigns at commit. JSON has no NaN or Infinity: such numbers are sent as null. Raises ValueError
+    for data that cannot be JSON at all (non-string keys, arbitrary objects).
     """
-    head = json.dumps(
-        {"event_id": event.event_id, "type": event.type, "ts": event.ts, "site_id": site_id,
-         "gateway_id": gateway_id, "device_id": event.device_id},
-        separators=(",", ":"), ensure_ascii=False,
-    )
+    head = orjson.dumps({"event_id": event.event_id, "type": event.type, "ts": event.ts, "site_id": site_id,
+                         "gateway_id": gateway_id, "device_id": event.device_id})
     try:
-        data = json.dumps(event.data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        data = orjson.dumps(event.data)
+    except TypeError as exc:  # orjson.JSONEncodeError
         raise ValueError(f"{event.type} from {event.device_id}: data is not JSON: {exc}") from None
-    return head[:-1] + ',"seq":', ',"data":' + data + "}"
+    return head[:-1] + b',"seq":', b',"data":' + data + b"}"
+
+
+def envelope_bytes(event: Event, *, site_id: str, gateway_id: str, seq: int) -> bytes:
+    head, tail = envelope_parts(event, site_id=site_id, gateway_id=gateway_id)
+    return head + str(seq).encode() + tail
 
 
 def envelope_json(event: Event, *, site_id: str, gateway_id: str, seq: int) -> str:
     """The envelope as compact JSON text, the form kept in the outbox and sent upstream."""
-    head, tail = envelope_parts(event, site_id=site_id, gateway_id=gateway_id)
-    return head + str(seq) + tail
+    return envelope_bytes(event, site_id=site_id, gateway_id=gateway_id, seq=seq).decode("utf-8")

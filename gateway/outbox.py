@@ -47,7 +47,7 @@ class Accepted(NamedTuple):
 class PendingRow(NamedTuple):
     seq: int
     stream: str
-    body: str
+    body: bytes  # the envelope, UTF-8 JSON
     size: int
 
 
@@ -67,7 +67,7 @@ class OutboxClosed(RuntimeError):
 class _Op:
     kind: str  # insert | delete | prune | call
     future: Future
-    events: list[tuple[Event, str, str]] | None = None  # (event, envelope head, tail) around the seq
+    events: list[tuple[Event, bytes, bytes]] | None = None  # (event, envelope head, tail) around the seq
     dedupe: bool = False
     seqs: list[int] | None = None
     call: Callable[[sqlite3.Connection], object] | None = None
@@ -127,6 +127,8 @@ class Outbox:
         self._backlog_bytes = 0
         self._over_cap_alarmed = False
         self._age_alarmed = False
+        self._queued_events = 0
+        self._queued_lock = threading.Lock()
         self._counters: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -175,7 +177,7 @@ class Outbox:
     def _create_schema(db: sqlite_utils.Database) -> None:
         db["outbox"].create(
             {"seq": int, "event_id": str, "type": str, "stream": str, "priority": int,
-             "created": float, "size": int, "body": str},
+             "created": float, "size": int, "body": bytes},
             pk="seq", not_null={"event_id", "type", "stream", "priority", "created", "size", "body"},
             if_not_exists=True,
         )
@@ -209,8 +211,15 @@ class Outbox:
         except ValueError as exc:  # refused here, alone, before it can share a transaction
             future.set_exception(exc)
             return future
+        with self._queued_lock:
+            self._queued_events += len(encoded)
         self._ops.put(_Op("insert", future, events=encoded, dedupe=dedupe))
         return future
+
+    @property
+    def queued_events(self) -> int:
+        """Events submitted and not yet committed (or refused): how far the writer is behind."""
+        return self._queued_events
 
     def accept(self, events: list[Event], *, dedupe: bool = False, timeout: float | None = 30) -> list[Accepted]:
         return self.submit(events, dedupe=dedupe).result(timeout)
@@ -302,17 +311,19 @@ class Outbox:
         results: list[object] = []
         saved = (self._next_seq, self._backlog_events, self._backlog_bytes, dict(self._counters),
                  self._over_cap_alarmed, self._age_alarmed)
+        rows: list[tuple] = []  # outbox rows of all inserts, written with one executemany
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in batch:
                 if op.kind == "insert":
-                    results.append(self._insert(conn, op.events or [], op.dedupe))
+                    results.append(self._insert(conn, op.events or [], op.dedupe, rows))
                 elif op.kind == "delete":
                     results.append(self._delete(conn, op.seqs or []))
                 elif op.kind == "prune":
                     results.append(self._prune_by_age(conn))
                 else:
                     results.append(op.call(conn) if op.call else None)
+            self._write_rows(conn, rows)
             self._enforce_byte_cap(conn)
             self._store_counters(conn)
             conn.execute("COMMIT")
@@ -324,17 +335,24 @@ class Outbox:
                 pass
             (self._next_seq, self._backlog_events, self._backlog_bytes, self._counters,
              self._over_cap_alarmed, self._age_alarmed) = saved
+            self._dequeued(batch)
             for op in batch:
                 if not op.future.done():
                     op.future.set_exception(exc)
             return
+        self._dequeued(batch)
         for op, result in zip(batch, results):
             if not op.future.done():
                 op.future.set_result(result)
 
-    def _insert(self, conn: sqlite3.Connection, events: list[tuple[Event, str, str]], dedupe: bool) -> list[Accepted]:
+    def _dequeued(self, batch: list[_Op]) -> None:
+        with self._queued_lock:
+            self._queued_events -= sum(len(op.events or ()) for op in batch)
+
+    def _insert(self, conn: sqlite3.Connection, events: list[tuple[Event, bytes, bytes]], dedupe: bool,
+                rows: list[tuple]) -> list[Accepted]:
+        """Number the events and add their rows to `rows` (written by `_write_rows` in this transaction)."""
         accepted: list[Accepted] = []
-        rows = []
         now = time.time()
         for event, head, tail in events:
             if dedupe:
@@ -350,12 +368,15 @@ class Outbox:
                     continue
             seq = self._next_seq
             self._next_seq += 1
-            body = head + str(seq) + tail
-            size = len(body.encode("utf-8")) if not body.isascii() else len(body)
+            body = head + str(seq).encode() + tail
+            size = len(body)
             rows.append((seq, event.event_id, event.type, event.stream, int(self.priority.of(event.type)),
                          now, size, body))
             accepted.append(Accepted(event.event_id, seq, False))
             self._backlog_bytes += size
+        return accepted
+
+    def _write_rows(self, conn: sqlite3.Connection, rows: list[tuple]) -> None:
         if rows:
             conn.executemany(
                 "INSERT INTO outbox(seq, event_id, type, stream, priority, created, size, body)"
@@ -364,7 +385,7 @@ class Outbox:
             )
             self._backlog_events += len(rows)
             self._count("accepted", len(rows))
-        return accepted
+            rows.clear()
 
     def _delete(self, conn: sqlite3.Connection, seqs: list[int]) -> int:
         if not seqs:
@@ -442,8 +463,10 @@ class Outbox:
                 **details}
         log.error("outbox alarm %s: %s", alarm, data)
         event = Event(ALARM_EVENT_TYPE, self.gateway_id, data)
+        rows: list[tuple] = []
         self._insert(conn, [(event, *envelope_parts(event, site_id=self.site_id, gateway_id=self.gateway_id))],
-                     dedupe=False)
+                     False, rows)
+        self._write_rows(conn, rows)
         self._count(f"alarm_{alarm}", 1)
 
     def _count(self, name: str, n: int) -> None:

@@ -114,7 +114,7 @@ def batch_messages(rows: list[PendingRow], topics: Topics, max_events: int, max_
 
 
 def _encode(rows: list[PendingRow], topic: str) -> _Message:
-    payload = ('{"events":[' + ",".join(r.body for r in rows) + "]}").encode("utf-8")
+    payload = b'{"events":[' + b",".join(r.body for r in rows) + b"]}"
     return _Message([r.seq for r in rows], topic, payload)
 
 

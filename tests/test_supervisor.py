@@ -356,3 +356,33 @@ def test_test_kinds_appear_in_the_config_model():
         "devices:\n  - {id: c1, kind: test_crashy, crashes: 5}\n  - {id: h1, kind: http_ingest}\n", env={})
     assert isinstance(config.devices[0], CrashySettings) and config.devices[0].crashes == 5
     assert isinstance(config.devices[1], HttpIngestSettings)
+
+
+def test_the_outbox_subscriber_stores_good_events_even_when_a_driver_emits_a_bad_one(tmp_path):
+    """Batched recording: an unencodable event is logged and dropped, its neighbours are stored."""
+    import asyncio
+
+    from gateway.app import Gateway
+    from gateway.config import parse_config
+    from gateway.events import Event
+
+    config = parse_config(f"site_id: s1\ngateway_id: g1\napi: {{enabled: false, token: 0123456789abcdef}}\n"
+                          f"storage: {{path: {tmp_path / 'gw.db'}}}\nuplink: {{port: 1}}\n")
+    gateway = Gateway(config)
+
+    async def scenario() -> list:
+        task = asyncio.create_task(gateway.run())
+        await gateway.running.wait()
+        for i in range(5):
+            gateway.bus.publish(Event("visit.entry", "cam-1", {"i": i}))
+        gateway.bus.publish(Event("visit.entry", "cam-1", {"bad": object()}))
+        gateway.bus.publish(Event("door.opened", "door-1", {"door": "D1"}, internal=True))
+        for i in range(5, 10):
+            gateway.bus.publish(Event("visit.entry", "cam-1", {"i": i}))
+        await asyncio.sleep(0.5)
+        gateway.request_stop()
+        await task
+        return gateway.outbox.stats()
+
+    stats = asyncio.run(scenario())
+    assert stats.counters["accepted"] == 10  # 10 good ones; the bad and the internal one are not stored
