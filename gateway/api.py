@@ -13,8 +13,8 @@ import secrets
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request, status
-from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -58,12 +58,16 @@ class IngestEvent(BaseModel):
     @field_validator("data")
     @classmethod
     def _finite_numbers(cls, value: dict[str, Any]) -> dict[str, Any]:
-        # The JSON parser accepts NaN, Infinity and 1e400 (-> inf); the envelope would then carry
-        # `NaN`/`Infinity`, which is not JSON and which the platform's parser may refuse.
+        # The JSON parser accepts NaN, Infinity and 1e400 (-> inf), which JSON itself lacks, and
+        # integers of any size, which the envelope encoder (64-bit) cannot carry: refuse both here.
         try:
             json.dumps(value, allow_nan=False)
         except ValueError:
             raise ValueError("data must not contain NaN or infinite numbers") from None
+        try:
+            orjson.dumps(value)
+        except TypeError as exc:
+            raise ValueError(f"data cannot be carried upstream: {exc}") from None
         return value
 
     @field_validator("ts")
@@ -139,6 +143,8 @@ def create_app(gateway: "Gateway") -> FastAPI:
         ]
         try:
             accepted = await asyncio.wrap_future(gateway.outbox.submit(events, dedupe=True))
+        except ValueError as exc:  # refused by the encoder: the caller's data, not our disk
+            raise HTTPException(HTTP_422, str(exc)) from None
         except Exception as exc:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"not stored, retry: {exc}") from None
         for device_id in {e.device_id for e in events}:

@@ -297,7 +297,7 @@ def parse_config(text: str, source: str = "<config>", env: dict[str, str] | None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
-        raise ConfigError(source, [ConfigProblem("", f"not valid YAML: {getattr(exc, 'problem', exc)}", line)])
+        raise ConfigError(source, [ConfigProblem("", f"not valid YAML: {getattr(exc, 'problem', exc)}", line)]) from None
     except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
         # PyYAML's safe constructors let some errors escape unwrapped: `2001-02-30` (ValueError),
         # `!!int x` (ValueError), `!!timestamp x` (AttributeError), very deep nesting (RecursionError).
@@ -335,7 +335,7 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> SiteConf
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(str(path), [ConfigProblem("", "file not found")])
+        raise ConfigError(str(path), [ConfigProblem("", "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), [ConfigProblem("", f"cannot read: {exc}")])
+        raise ConfigError(str(path), [ConfigProblem("", f"cannot read: {exc}")]) from None
     return parse_config(text, str(path), env)

@@ -216,6 +216,7 @@ MALFORMED = {
     "1001 events": {"events": [event() for _ in range(1001)]},
     "bad type pattern": {"events": [event(type="Parking.Entry")]},
     "reserved stream ack": {"events": [event(type="ack.received")]},
+    "integer beyond 64 bits": {"events": [event(data={"n": 2 ** 70})]},
     "type without dot": {"events": [event(type="parking")]},
     "type too long": {"events": [event(type="a." + "b" * 63)]},
     "bad device_id": {"events": [event(device_id="-starts-with-dash")]},
