@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import threading
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 
@@ -70,6 +71,8 @@ class CommandRouter:
         self._handlers: dict[str, CommandHandler] = {}
         self._answered: OrderedDict[str, dict] = OrderedDict()
         self._running: dict[str, concurrent.futures.Future] = {}  # command_id -> its run, until answered
+        # dispatch runs in the uplink thread, `answered` in the loop's: the two tables change together.
+        self._lock = threading.Lock()
         self.timeout = timeout
 
     def register(self, name: str, handler: CommandHandler) -> None:
@@ -87,29 +90,30 @@ class CommandRouter:
             log.warning("malformed %s command: %s", name, exc)
             reply(_ack(_command_id_if_any(payload), False, f"malformed command: {exc}"))
             return
-        if command_id in self._answered:
-            reply(self._answered[command_id])
-            return
-        running = self._running.get(command_id)
-        if running is not None:  # redelivered while the first run is still going: answer with its ack
-            running.add_done_callback(lambda f: reply(f.result()))
-            return
         handler = self._handlers.get(name)
-        if handler is None:
-            reply(self._remember(_ack(command_id, False, f"unknown command {name!r} (known: {', '.join(self.names)})")))
-            return
-        log.info("command %s (%s)", name, command_id)
-        future = asyncio.run_coroutine_threadsafe(self._run(name, command_id, handler, args), self._loop)
-        self._running[command_id] = future
+        with self._lock:
+            answered_before = self._answered.get(command_id)
+            running = self._running.get(command_id)
+            if answered_before is None and running is None:
+                if handler is None:
+                    answered_before = self._remember(
+                        _ack(command_id, False, f"unknown command {name!r} (known: {', '.join(self.names)})"))
+                else:
+                    log.info("command %s (%s)", name, command_id)
+                    future = asyncio.run_coroutine_threadsafe(self._run(name, command_id, handler, args), self._loop)
+                    self._running[command_id] = future
+        if answered_before is not None:
+            reply(answered_before)
+        elif running is not None:  # redelivered while the first run is still going: answer with its ack
+            running.add_done_callback(lambda f: reply(f.result()))
+        else:
+            def answered(f: concurrent.futures.Future) -> None:
+                with self._lock:
+                    ack = self._remember(f.result())
+                    self._running.pop(command_id, None)
+                reply(ack)
 
-        def answered(f: concurrent.futures.Future) -> None:
-            try:
-                ack = self._remember(f.result())
-            finally:
-                self._running.pop(command_id, None)
-            reply(ack)
-
-        future.add_done_callback(answered)
+            future.add_done_callback(answered)
 
     async def _run(self, name: str, command_id: str, handler: CommandHandler, args: dict) -> dict:
         try:
