@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import threading
 import time
 import uuid
@@ -13,6 +12,7 @@ from datetime import datetime
 
 import httpx
 import pytest
+from support import outbox_rows
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -92,12 +92,7 @@ def db(running):
 
 def stored(db_path, where: str = "type != 'device.status'", params: tuple = ()) -> list[dict]:
     """Outbox rows, read on a separate connection (device status events left out by default)."""
-    conn = sqlite3.connect(db_path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(f"SELECT * FROM outbox WHERE {where} ORDER BY seq", params)]
-    finally:
-        conn.close()
+    return outbox_rows(db_path, where, params)
 
 
 def event(**fields) -> dict:

@@ -10,6 +10,7 @@ import time
 import uuid
 
 import pytest
+from support import outbox_rows
 
 from gateway.events import Event, Priority, envelope_json
 from gateway.outbox import ALARM_EVENT_TYPE, Accepted, Outbox, OutboxClosed, PriorityRules
@@ -43,14 +44,7 @@ def ev(type: str = "door.opened", n: int = 0, pad: int = 0, **kw) -> Event:
     return Event(type, kw.pop("device_id", "door-1"), data, **kw)
 
 
-def rows(path, where: str = "1", params: tuple = ()) -> list[dict]:
-    """The outbox table as read by a separate connection."""
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(f"SELECT * FROM outbox WHERE {where} ORDER BY seq", params)]
-    finally:
-        conn.close()
+rows = outbox_rows
 
 
 def seqs(accepted: list[Accepted]) -> list[int]:
