@@ -12,7 +12,6 @@ from datetime import datetime
 
 import httpx
 import pytest
-from support import outbox_rows
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,6 +20,7 @@ from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.events import DEVICE_ID_PATTERN, EVENT_TYPE_PATTERN
 from simulator.brokers import free_port
+from support import outbox_rows
 
 TOKEN = "test-token-0123456789abcdef"
 MAX_BODY = 100_000

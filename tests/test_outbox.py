@@ -10,10 +10,10 @@ import time
 import uuid
 
 import pytest
-from support import outbox_rows
 
 from gateway.events import Event, Priority, envelope_json
 from gateway.outbox import ALARM_EVENT_TYPE, Accepted, Outbox, OutboxClosed, PriorityRules
+from support import outbox_rows
 
 TS = "2026-01-02T03:04:05.678Z"
 
