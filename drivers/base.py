@@ -48,6 +48,9 @@ class DriverContext(Protocol):
     def last_activity(self) -> float | None:
         """Monotonic time the device was last heard from through a shared endpoint (HTTP push)."""
 
+    def offer_frames(self, source: Any | None) -> None:
+        """Cameras: let the analysing services read the newest frame (None withdraws it)."""
+
 
 class Driver(ABC):
     kind: ClassVar[str]

@@ -10,7 +10,7 @@ import importlib
 
 from .base import Driver
 
-BUILTIN_MODULES = ("drivers.http_ingest",)
+BUILTIN_MODULES = ("drivers.http_ingest", "drivers.camera")
 
 _drivers: dict[str, type[Driver]] = {}
 _builtins_loaded = False

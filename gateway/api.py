@@ -14,7 +14,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -154,6 +154,25 @@ def create_app(gateway: "Gateway") -> FastAPI:
             accepted=len(accepted) - duplicates, duplicates=duplicates,
             events=[IngestResult(event_id=a.event_id, seq=a.seq, duplicate=a.duplicate) for a in accepted],
         )
+
+    @app.get("/v1/cameras", dependencies=[Depends(require_token)],
+             summary="Cameras: state, fps, frames processed and skipped, stage times, live counts")
+    async def cameras() -> list[dict[str, Any]]:
+        return gateway.visits.cameras()
+
+    @app.get("/v1/cameras/{camera_id}/snapshot.jpg", dependencies=[Depends(require_token)],
+             summary="The newest frame with boxes, track ids, counting lines and zones drawn, for set-up",
+             response_class=Response, responses={200: {"content": {"image/jpeg": {}}},
+                                                 404: {"description": "no such camera"},
+                                                 503: {"description": "no frame from the camera yet"}})
+    async def snapshot(camera_id: str) -> Response:
+        try:
+            jpeg = await asyncio.to_thread(gateway.visits.snapshot, camera_id)
+        except KeyError:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no camera {camera_id!r}") from None
+        if jpeg is None:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no frame from this camera yet")
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     original_openapi = app.openapi
 

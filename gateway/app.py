@@ -25,10 +25,13 @@ from .bus import EventBus
 from .commands import CommandError, CommandRouter
 from .config import ConfigError, SiteConfigBase, load_config
 from .events import Event, utc_timestamp
+from .frames import FrameHub
 from .health import DeviceHealth, DeviceState, HealthRegistry
 from .outbox import Outbox
 from .supervisor import Supervisor
+from .models import models_dir
 from .uplink import Uplink
+from .visits import VisitService
 
 log = logging.getLogger("gateway")
 
@@ -50,7 +53,9 @@ class Gateway:
         self._started = time.monotonic()
         self.bus = EventBus()
         self.health = HealthRegistry()
-        self.supervisor = Supervisor(self.bus, self.health)
+        self.frames = FrameHub()
+        self.supervisor = Supervisor(self.bus, self.health, frames=self.frames)
+        self.visits = VisitService(self.bus, self.frames, models_dir(config.models.dir), config.models.threads)
         storage = config.storage
         self.outbox = Outbox(
             storage.path, site_id=config.site_id, gateway_id=config.gateway_id,
@@ -84,6 +89,7 @@ class Gateway:
                              outbox=self.outbox, status=self._status_summary, commands=self.commands.dispatch)
         self.uplink.start()
         await self.supervisor.apply(self.config.devices)
+        self.visits.apply(self.config.devices)
         api_task = await self._start_api() if self.config.api.enabled else None
         log.info("gateway %s/%s running (%d devices)", self.config.site_id, self.config.gateway_id,
                  len(self.supervisor.running()))
@@ -118,6 +124,7 @@ class Gateway:
         if api_task is not None and self.api_server is not None:
             self.api_server.should_exit = True
             await asyncio.gather(api_task, return_exceptions=True)
+        await asyncio.to_thread(self.visits.stop)
         await self.supervisor.stop()
         await self.bus.stop()  # what drivers emitted reaches the outbox queue
         if self.uplink is not None:
@@ -212,6 +219,7 @@ class Gateway:
         self.config = new.model_copy(update={"uplink": old.uplink, "storage": old.storage, "api": api_live})
         logging.getLogger().setLevel(new.log_level.upper())
         changes = await self.supervisor.apply(new.devices)
+        await asyncio.to_thread(self.visits.apply, new.devices)
         log.info("config reloaded: %s; restart required for: %s", changes, restart_required or "nothing")
         return {"devices": changes, "restart_required": restart_required}
 

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from . import models_cli
 from .config import ConfigError, config_json_schema, load_config
+from .vision import replay
 
 
 def setup_logging(level: str = "info") -> None:
@@ -93,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("config-schema", help="print the JSON Schema of the site config (for editors)")
     schema.set_defaults(func=cmd_config_schema)
+
+    models_cli.register(sub)
+    replay.register(sub)
 
     demo = sub.add_parser("demo", help="run a whole simulated site on this machine")
     demo.add_argument("--config", default=str(Path("configs") / "demo-mall.yaml"))

@@ -100,12 +100,18 @@ class ApiConfig(StrictModel):
         return token
 
 
+class ModelsConfig(StrictModel):
+    dir: Path | None = Field(None, description="where model files are; default $GATEWAY_MODELS_DIR, else var/models")
+    threads: int = Field(1, ge=1, le=16, description="onnxruntime threads per inference (a small CPU wants 1)")
+
+
 class SiteConfigBase(StrictModel):
     site_id: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
     gateway_id: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     api: ApiConfig
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
     devices: list[DeviceConfig] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

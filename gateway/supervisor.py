@@ -20,6 +20,7 @@ from drivers.registry import driver_for
 
 from .bus import EventBus
 from .events import Event
+from .frames import FrameHub
 from .health import DeviceState, HealthRegistry
 
 log = logging.getLogger("gateway.supervisor")
@@ -28,11 +29,12 @@ log = logging.getLogger("gateway.supervisor")
 class DriverContextImpl:
     """What a driver sees of the runtime (see drivers.base.DriverContext)."""
 
-    def __init__(self, device_id: str, bus: EventBus, health: HealthRegistry):
+    def __init__(self, device_id: str, bus: EventBus, health: HealthRegistry, frames: FrameHub):
         self.device_id = device_id
         self.log = logging.getLogger(f"drivers.{device_id}")
         self._bus = bus
         self._health = health
+        self._frames = frames
 
     def emit(self, type: str, data: dict[str, Any], *, ts: str | None = None, internal: bool = False) -> Event:
         event = Event(type, self.device_id, data, internal=internal) if ts is None else Event(
@@ -52,6 +54,9 @@ class DriverContextImpl:
     def last_activity(self) -> float | None:
         return self._health.last_activity(self.device_id)
 
+    def offer_frames(self, source: Any | None) -> None:
+        self._frames.attach(self.device_id, source)
+
 
 @dataclass
 class Backoff:
@@ -65,9 +70,11 @@ class Backoff:
 
 
 class Supervisor:
-    def __init__(self, bus: EventBus, health: HealthRegistry, backoff: Backoff | None = None):
+    def __init__(self, bus: EventBus, health: HealthRegistry, backoff: Backoff | None = None,
+                 frames: FrameHub | None = None):
         self.bus = bus
         self.health = health
+        self.frames = frames or FrameHub()
         self.backoff = backoff or Backoff()
         self._tasks: dict[str, asyncio.Task] = {}
         self._configs: dict[str, DeviceConfig] = {}
@@ -112,7 +119,7 @@ class Supervisor:
             await asyncio.gather(task, return_exceptions=True)
 
     async def _run_with_restarts(self, config: DeviceConfig) -> None:
-        ctx = DriverContextImpl(config.id, self.bus, self.health)
+        ctx = DriverContextImpl(config.id, self.bus, self.health, self.frames)
         attempt = 0
         while True:
             started = time.monotonic()
@@ -126,6 +133,7 @@ class Supervisor:
                 error = f"{type(exc).__name__}: {exc}"
                 log.error("driver %s (%s) failed: %s", config.id, config.kind, error,
                           exc_info=log.isEnabledFor(logging.DEBUG))
+            self.frames.attach(config.id, None)  # a dead driver's frames must not look live
             self.health.set(config.id, DeviceState.ERROR, error)
             if time.monotonic() - started >= self.backoff.stable_after:
                 attempt = 0

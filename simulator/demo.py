@@ -17,8 +17,26 @@ from gateway.app import Gateway
 from gateway.config import ConfigError, SiteConfigBase, load_config
 
 from .brokers import EmbeddedBroker
+from .camera import MjpegCamera
 from .devices import GatewayEndpoints, VirtualDevice, virtual_device_for
 from .platform import PlatformStandIn
+
+
+def _serve_cameras(config: SiteConfigBase) -> tuple[SiteConfigBase, list[MjpegCamera]]:
+    """Cameras configured with a video file are played by a virtual IP camera (MJPEG over HTTP), so
+    that the demo goes through the same network path as a real camera."""
+    cameras, devices = [], []
+    for device in config.devices:
+        if device.kind == "camera" and "://" not in device.url:
+            if not Path(device.url).exists():
+                print(f"camera {device.id}: video {device.url} not found; it will show as offline", flush=True)
+            else:
+                camera = MjpegCamera(device.url, loop=True).start()
+                cameras.append(camera)
+                print(f"virtual camera {device.id}: {device.url} served at {camera.url}", flush=True)
+                device = device.model_copy(update={"url": camera.url})
+        devices.append(device)
+    return config.model_copy(update={"devices": devices}), cameras
 
 
 def _demo_config(config: SiteConfigBase, host: str, port: int, protocol: str, data_dir: Path,
@@ -44,9 +62,11 @@ class Summary:
         delivered = self.platform.count(site_id=cfg.site_id, gateway_id=cfg.gateway_id)
         produced = sum(d.produced for d in self.devices) + gw.bus.published
         uplink = "up" if gw.uplink and gw.uplink.connected else ("stopped" if not gw.running.is_set() else "DOWN")
+        visits = self.platform.count(type="visit.entry", site_id=cfg.site_id, gateway_id=cfg.gateway_id)
+        exits = self.platform.count(type="visit.exit", site_id=cfg.site_id, gateway_id=cfg.gateway_id)
         return (f"[{time.monotonic() - self.started:6.0f}s] produced {produced:6d} | stored {stats.counters.get('accepted', 0):6d}"
                 f" | delivered {delivered:6d} | backlog {stats.backlog_events:5d} | devices online"
-                f" {health['online']}/{health['total']} | uplink {uplink}")
+                f" {health['online']}/{health['total']} | people in {visits} out {exits} | uplink {uplink}")
 
 
 async def _run(gateway: Gateway, platform: PlatformStandIn, duration: float | None) -> list[VirtualDevice]:
@@ -104,10 +124,13 @@ def run_demo(config_path: Path, broker: str | None, duration: float | None, data
         print(f"embedded MQTT broker (amqtt) on {host}:{port_number}", flush=True)
     platform = PlatformStandIn(host, port_number, data_dir / "platform.db", topic_prefix=config.uplink.topic_prefix,
                                protocol=protocol).start()
+    config, cameras = _serve_cameras(config)
     gateway = Gateway(_demo_config(config, host, port_number, protocol, data_dir, api_port))
     try:
         asyncio.run(_run(gateway, platform, duration))
     finally:
+        for camera in cameras:
+            camera.stop()
         platform.stop()
         if embedded:
             embedded.stop()

@@ -1,0 +1,198 @@
+"""The visit service: people counting for every camera that has analytics configured.
+
+Per camera, one worker thread reads the newest frame that the camera driver offers (frame hub),
+keeps to the camera's target fps, runs `CameraAnalytics`, and publishes `visit.entry`,
+`visit.exit`, `zone.dwell` and, every `counts_interval`, `visit.counts` on the bus. A camera whose
+model is missing or broken gets no analytics (its status says why) while everything else runs.
+Frames never leave this module except as the annotated set-up snapshot served to engineers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drivers.base import DeviceConfig
+
+from .bus import EventBus
+from .events import Event, utc_timestamp
+from .frames import FrameHub
+from .models import ModelError
+from .vision.capture import FpsLimiter
+from .vision.detect import PersonDetector, detector_for
+from .vision.draw import annotate, encode_jpeg
+from .vision.pipeline import CameraAnalytics
+from .vision.settings import AnalyticsSettings
+
+log = logging.getLogger("gateway.visits")
+
+
+@dataclass
+class CameraWorker:
+    camera_id: str
+    settings: DeviceConfig  # drivers.camera.CameraSettings
+    thread: threading.Thread | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    analytics: CameraAnalytics | None = None
+    state: str = "starting"  # starting | running | waiting_for_frames | no_analytics | error
+    error: str | None = None
+    limiter: FpsLimiter | None = None
+    last_image: np.ndarray | None = None
+    last_frame_at: float | None = None
+    frame_size: tuple[int, int] | None = None
+
+
+class VisitService:
+    def __init__(self, bus: EventBus, frames: FrameHub, models_dir: Path, threads: int = 1):
+        self.bus = bus
+        self.frames = frames
+        self.models_dir = models_dir
+        self.threads = threads
+        self._workers: dict[str, CameraWorker] = {}
+        self._detectors: dict[tuple, Any] = {}  # one onnxruntime session per model, shared by cameras
+        self._lock = threading.Lock()
+
+    # --------------------------------------------------------------------------- lifecycle
+
+    def apply(self, devices: list[DeviceConfig]) -> None:
+        """Run a worker for every enabled camera; restart those whose settings changed."""
+        cameras = {d.id: d for d in devices if d.kind == "camera" and d.enabled}
+        for camera_id in list(self._workers):
+            if camera_id not in cameras or cameras[camera_id] != self._workers[camera_id].settings:
+                self._stop_worker(camera_id)
+        for camera_id, settings in cameras.items():
+            if camera_id not in self._workers:
+                worker = CameraWorker(camera_id, settings)
+                worker.thread = threading.Thread(target=self._run, args=(worker,), name=f"visits-{camera_id}",
+                                                 daemon=True)
+                self._workers[camera_id] = worker
+                worker.thread.start()
+
+    def stop(self) -> None:
+        for camera_id in list(self._workers):
+            self._stop_worker(camera_id)
+
+    def _stop_worker(self, camera_id: str) -> None:
+        worker = self._workers.pop(camera_id, None)
+        if worker:
+            worker.stop.set()
+            if worker.thread:
+                worker.thread.join(10)
+
+    # ----------------------------------------------------------------------------- reading
+
+    def cameras(self) -> list[dict[str, Any]]:
+        out = []
+        for worker in list(self._workers.values()):
+            analytics = worker.analytics
+            limiter = worker.limiter
+            out.append({
+                "id": worker.camera_id,
+                "url": _redact(worker.settings.url),
+                "state": worker.state,
+                "error": worker.error,
+                "target_fps": worker.settings.fps,
+                "frame_size": worker.frame_size,
+                "frames_processed": limiter.processed if limiter else 0,
+                "frames_skipped": limiter.skipped if limiter else 0,
+                "frames_inferred": analytics.frames_inferred if analytics else 0,
+                "processing_fps": round(limiter.rate(), 2) if limiter else 0.0,
+                "stage_times": analytics.times.summary() if analytics else {},
+                "counts": analytics.lines.totals if analytics else {},
+                "occupancy": analytics.zones.occupancy() if analytics else {},
+            })
+        return out
+
+    def snapshot(self, camera_id: str) -> bytes | None:
+        """The newest frame with boxes, track ids, lines and zones drawn (None: no frame yet)."""
+        worker = self._workers.get(camera_id)
+        if worker is None:
+            raise KeyError(camera_id)
+        image = worker.last_image
+        if image is None:
+            source = self.frames.source(camera_id)
+            frame = source.latest() if source else None
+            image = frame.image if frame is not None else None
+        if image is None:
+            return None
+        analytics = worker.analytics
+        drawn = annotate(image, worker.settings.analytics, analytics.last_tracks if analytics else [],
+                         analytics.zones.occupancy() if analytics else None)
+        return encode_jpeg(drawn)
+
+    # ------------------------------------------------------------------------------ worker
+
+    def _detector(self, settings: AnalyticsSettings) -> PersonDetector:
+        key = (settings.detector, settings.detector_family, settings.score_threshold, settings.nms_iou)
+        with self._lock:  # cameras with the same settings share one detector (one onnxruntime session)
+            if key not in self._detectors:
+                self._detectors[key] = detector_for(settings, self.models_dir, self.threads)
+            return self._detectors[key]
+
+    def _run(self, worker: CameraWorker) -> None:
+        settings = worker.settings
+        worker.limiter = FpsLimiter(settings.fps)
+        detector = None
+        if settings.analytics is None:
+            worker.state = "no_analytics"
+        else:
+            try:
+                detector = self._detector(settings.analytics)
+            except (ModelError, ValueError) as exc:
+                worker.state, worker.error = "error", str(exc)
+                log.error("camera %s: no analytics: %s", worker.camera_id, exc)
+        last_index = 0
+        next_counts = time.monotonic() + (settings.analytics.counts_interval if settings.analytics else 0)
+        interval_start = utc_timestamp()
+        while not worker.stop.is_set():
+            frame = self.frames.wait_next(worker.camera_id, last_index, timeout=1.0)
+            if frame is None:
+                if worker.state == "running":
+                    worker.state = "waiting_for_frames"
+                continue
+            if frame.index < last_index:  # the driver restarted: a new grabber counts from 1 again
+                last_index = 0
+            last_index = frame.index
+            if not worker.limiter.due(time.monotonic()):
+                continue
+            worker.last_image, worker.last_frame_at = frame.image, time.time()
+            worker.frame_size = (frame.image.shape[1], frame.image.shape[0])
+            if detector is None:
+                continue
+            try:
+                self._analyse(worker, detector, frame)
+            except Exception as exc:  # a bad frame or a model failure must not end the worker
+                worker.state, worker.error = "error", f"{type(exc).__name__}: {exc}"
+                log.exception("camera %s: analytics failed on frame %d", worker.camera_id, frame.index)
+                continue
+            if time.monotonic() >= next_counts and worker.analytics is not None:
+                data = worker.analytics.interval_counts()
+                data.update({"start": interval_start, "end": utc_timestamp()})
+                interval_start = data["end"]
+                self.bus.publish(Event("visit.counts", worker.camera_id, data))
+                next_counts = time.monotonic() + settings.analytics.counts_interval
+
+    def _analyse(self, worker: CameraWorker, detector: PersonDetector, frame) -> None:
+        if worker.analytics is None or worker.analytics.frame_size != worker.frame_size:
+            worker.analytics = CameraAnalytics(worker.camera_id, worker.settings.analytics, detector,
+                                               worker.frame_size, worker.settings.fps)
+        result = worker.analytics.process(frame.image, frame.ts)
+        worker.state, worker.error = "running", None
+        ts = utc_timestamp(datetime.fromtimestamp(frame.ts, timezone.utc))  # when the frame was taken
+        for event_type, data in result.events:
+            self.bus.publish(Event(event_type, worker.camera_id, data, ts=ts))
+
+
+def _redact(url: str) -> str:
+    """Camera URLs often carry a password (rtsp://user:pass@host): never show it."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
