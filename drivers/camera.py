@@ -54,7 +54,7 @@ class CameraDriver(Driver):
         grabber.start()
         self.ctx.offer_frames(grabber)
         try:
-            while grabber.alive:
+            while grabber.alive or grabber.state == "ended":  # a file without `loop` just stays ended
                 await asyncio.sleep(0.5)
             raise RuntimeError(f"capture thread stopped: {grabber.last_error or 'no reason given'}")
         finally:

@@ -50,6 +50,7 @@ def analytics_settings(args: argparse.Namespace) -> tuple[AnalyticsSettings, flo
 def run_replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     import cv2  # heavy: imported when a replay runs, not whenever the CLI starts
 
+    cv2.setNumThreads(1)  # as on the gateway: one thread for OpenCV, one for onnxruntime
     from .detect import detector_for
     from .pipeline import CameraAnalytics
 
