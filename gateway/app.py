@@ -172,7 +172,9 @@ class Gateway:
         stats = self.outbox.stats()
         devices = self.health.all()
         connected = bool(self.uplink and self.uplink.connected)
-        degraded = not connected or any(d.state == DeviceState.ERROR for d in devices)
+        cameras = self.visits.cameras()
+        degraded = (not connected or any(d.state == DeviceState.ERROR for d in devices)
+                    or any(c["state"] == "error" for c in cameras))
         return {
             "status": "degraded" if degraded else "ok",
             "version": __version__,
@@ -189,6 +191,7 @@ class Gateway:
             "backlog": {"events": stats.backlog_events, "bytes": stats.backlog_bytes},
             "counters": stats.counters,
             "devices": [d.as_dict() for d in devices],
+            "cameras": [{"id": c["id"], "state": c["state"], "error": c["error"]} for c in cameras],
         }
 
     # ----------------------------------------------------------------------------- commands
@@ -210,13 +213,14 @@ class Gateway:
         old = self.config
         if (new.site_id, new.gateway_id) != (old.site_id, old.gateway_id):
             raise CommandError("site_id and gateway_id cannot change while running; restart the gateway")
-        restart_required = [name for name in ("uplink", "storage") if getattr(new, name) != getattr(old, name)]
+        restart_required = [name for name in ("uplink", "storage", "models") if getattr(new, name) != getattr(old, name)]
         api_live = new.api
         if (new.api.host, new.api.port, new.api.enabled) != (old.api.host, old.api.port, old.api.enabled):
             restart_required.append("api")
             api_live = old.api.model_copy(update={"token": new.api.token, "max_body_bytes": new.api.max_body_bytes})
         # What needs a restart keeps its running value, so that /v1/health shows what is really in use.
-        self.config = new.model_copy(update={"uplink": old.uplink, "storage": old.storage, "api": api_live})
+        self.config = new.model_copy(update={"uplink": old.uplink, "storage": old.storage, "models": old.models,
+                                             "api": api_live})
         logging.getLogger().setLevel(new.log_level.upper())
         changes = await self.supervisor.apply(new.devices)
         await asyncio.to_thread(self.visits.apply, new.devices)

@@ -61,7 +61,8 @@ class HealthRegistry:
             health = self._devices.get(device_id)
             if health is None:
                 return
-            if health.state == state and (state != DeviceState.ERROR or health.last_error == error):
+            # A new reason while offline or in error is news too (connecting -> connection refused).
+            if health.state == state and (state == DeviceState.ONLINE or health.last_error == error):
                 return
             health.state = state
             health.since = utc_timestamp()

@@ -34,6 +34,8 @@ from .vision.settings import AnalyticsSettings
 
 log = logging.getLogger("gateway.visits")
 
+MODEL_RETRY_INTERVAL = 60.0  # seconds between attempts to load a missing or broken model
+
 
 @dataclass
 class CameraWorker:
@@ -48,6 +50,8 @@ class CameraWorker:
     last_image: np.ndarray | None = None
     last_frame_at: float | None = None
     frame_size: tuple[int, int] | None = None
+    interval_start: str = field(default_factory=utc_timestamp)
+    next_counts: float = 0.0
 
 
 class VisitService:
@@ -140,29 +144,43 @@ class VisitService:
                 self._detectors[key] = detector_for(settings, self.models_dir, self.threads)
             return self._detectors[key]
 
+    def _load_detector(self, worker: CameraWorker) -> PersonDetector | None:
+        try:
+            detector = self._detector(worker.settings.analytics)
+        except (ModelError, ValueError) as exc:
+            if worker.error != str(exc):
+                log.error("camera %s: no analytics: %s (trying again every %gs)", worker.camera_id, exc,
+                          MODEL_RETRY_INTERVAL)
+            worker.state, worker.error = "error", str(exc)
+            return None
+        worker.state, worker.error = "waiting_for_frames", None
+        return detector
+
     def _run(self, worker: CameraWorker) -> None:
         settings = worker.settings
         worker.limiter = FpsLimiter(settings.fps)
-        detector = None
+        detector, model_tried = None, -MODEL_RETRY_INTERVAL
         if settings.analytics is None:
             worker.state = "no_analytics"
-        else:
-            try:
-                detector = self._detector(settings.analytics)
-            except (ModelError, ValueError) as exc:
-                worker.state, worker.error = "error", str(exc)
-                log.error("camera %s: no analytics: %s", worker.camera_id, exc)
-        last_index = 0
-        next_counts = time.monotonic() + (settings.analytics.counts_interval if settings.analytics else 0)
-        interval_start = utc_timestamp()
+        source, last_index = None, 0
+        worker.next_counts = time.monotonic() + (settings.analytics.counts_interval if settings.analytics else 0)
         while not worker.stop.is_set():
-            frame = self.frames.wait_next(worker.camera_id, last_index, timeout=1.0)
+            if settings.analytics is not None and detector is None \
+                    and time.monotonic() - model_tried >= MODEL_RETRY_INTERVAL:
+                # A model copied in (gateway models fetch) is picked up without a restart.
+                model_tried = time.monotonic()
+                detector = self._load_detector(worker)
+            current = self.frames.source(worker.camera_id)
+            if current is None:  # the camera driver is (re)starting
+                worker.stop.wait(0.2)
+                continue
+            if current is not source:  # a new capture counts its frames from 1 again
+                source, last_index = current, 0
+            frame = source.wait_next(last_index, timeout=1.0)
             if frame is None:
                 if worker.state == "running":
                     worker.state = "waiting_for_frames"
                 continue
-            if frame.index < last_index:  # the driver restarted: a new grabber counts from 1 again
-                last_index = 0
             last_index = frame.index
             if not worker.limiter.due(time.monotonic()):
                 continue
@@ -176,12 +194,21 @@ class VisitService:
                 worker.state, worker.error = "error", f"{type(exc).__name__}: {exc}"
                 log.exception("camera %s: analytics failed on frame %d", worker.camera_id, frame.index)
                 continue
-            if time.monotonic() >= next_counts and worker.analytics is not None:
-                data = worker.analytics.interval_counts()
-                data.update({"start": interval_start, "end": utc_timestamp()})
-                interval_start = data["end"]
-                self.bus.publish(Event("visit.counts", worker.camera_id, data))
-                next_counts = time.monotonic() + settings.analytics.counts_interval
+            if time.monotonic() >= worker.next_counts:
+                self._publish_counts(worker)
+        self._publish_counts(worker)  # the unfinished interval is not thrown away on stop or reload
+
+    def _publish_counts(self, worker: CameraWorker) -> None:
+        if worker.analytics is None:
+            return
+        data = worker.analytics.interval_counts()
+        data.update({"start": worker.interval_start, "end": utc_timestamp()})
+        worker.interval_start = data["end"]
+        worker.next_counts = time.monotonic() + worker.settings.analytics.counts_interval
+        try:
+            self.bus.publish(Event("visit.counts", worker.camera_id, data))
+        except RuntimeError:  # the bus has stopped
+            log.warning("camera %s: last counts not sent, the bus has stopped", worker.camera_id)
 
     def _analyse(self, worker: CameraWorker, detector: PersonDetector, frame) -> None:
         if worker.analytics is None or worker.analytics.frame_size != worker.frame_size:

@@ -1,5 +1,6 @@
-"""Keep docs/ true to the code: schemas are valid and match what the code really produces,
-the AsyncAPI document's references resolve, and every config key is documented.
+"""Keep docs/ true to the code: schemas are valid and match what the code really produces (camera
+events included, from the real analytics pipeline), the AsyncAPI document's references resolve, every
+config key is documented with its default, and the commands the docs show are ones the CLI accepts.
 
 Needs the `jsonschema` package (>= 4.18, with `referencing`), a test extra.
 """
@@ -7,15 +8,19 @@ Needs the `jsonschema` package (>= 4.18, with `referencing`), a test extra.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import re
+import shlex
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urldefrag
 
+import numpy as np
 import pytest
 import yaml
 from pydantic import ByteSize, TypeAdapter, ValidationError
@@ -30,15 +35,21 @@ from drivers import registry as driver_registry  # noqa: E402
 from drivers.base import DeviceConfig  # noqa: E402
 from gateway.commands import MAX_COMMAND_ID_LENGTH, CommandError, CommandRouter, parse_command  # noqa: E402
 from gateway.config import UplinkConfig, parse_config, site_model  # noqa: E402
-from gateway.events import EVENT_TYPE_PATTERN, Event, envelope_json  # noqa: E402
+from gateway.events import DEVICE_ID_PATTERN, EVENT_TYPE_PATTERN, Event, envelope_json, utc_timestamp  # noqa: E402
 from gateway.health import DeviceHealth, DeviceState  # noqa: E402
 from gateway.outbox import ALARM_EVENT_TYPE, Outbox  # noqa: E402
 from gateway.uplink import Topics, Uplink, batch_messages  # noqa: E402
 from gateway.validation import parse_duration  # noqa: E402
+from gateway.vision.detect import Detections  # noqa: E402
+from gateway.vision.pipeline import CameraAnalytics  # noqa: E402
+from gateway.vision.settings import AnalyticsSettings, LineSettings, ZoneSettings  # noqa: E402
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
 SCHEMAS = DOCS / "schemas"
 SITE, GATEWAY = "mall-sh-001", "gw-main"
+# Event types the gateway itself produces, each with a schema in docs/schemas/events/.
+GATEWAY_EVENT_TYPES = ("device.status", ALARM_EVENT_TYPE, "visit.entry", "visit.exit", "zone.dwell", "visit.counts")
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -116,10 +127,10 @@ def stored_bodies(db_path: Path, where: str = "1", params: tuple = ()) -> list[d
 
 
 def test_docs_files_exist():
-    for name in ("architecture.md", "config.md", "mqtt.md", "asyncapi.yaml", "deploy/gateway.service",
-                 "schemas/envelope.schema.json", "schemas/batch.schema.json", "schemas/ack.schema.json",
-                 "schemas/status.schema.json", "schemas/command.schema.json",
-                 "schemas/events/device.status.schema.json", "schemas/events/gateway.alarm.schema.json"):
+    for name in ("architecture.md", "config.md", "mqtt.md", "vision.md", "benchmarks.md", "asyncapi.yaml",
+                 "deploy/gateway.service", "schemas/envelope.schema.json", "schemas/batch.schema.json",
+                 "schemas/ack.schema.json", "schemas/status.schema.json", "schemas/command.schema.json",
+                 *(f"schemas/events/{t}.schema.json" for t in GATEWAY_EVENT_TYPES)):
         assert (DOCS / name).is_file(), f"docs/{name} is missing"
 
 
@@ -142,15 +153,23 @@ def test_envelope_schema_matches_the_code():
     assert props["type"]["pattern"] == EVENT_TYPE_PATTERN.pattern
     assert props["site_id"]["pattern"] == config_props["site_id"]["pattern"]
     assert props["gateway_id"]["pattern"] == config_props["gateway_id"]["pattern"]
+    assert props["device_id"]["pattern"] == DEVICE_ID_PATTERN.pattern
     sample = json.loads(envelope_json(Event("parking.entry", "parking-b2", {}), site_id=SITE, gateway_id=GATEWAY,
                                       seq=1))
     assert set(props) == set(sample)
 
 
 def test_event_schemas_exist_for_the_types_the_gateway_produces():
-    for event_type in ("device.status", ALARM_EVENT_TYPE):
+    for event_type in GATEWAY_EVENT_TYPES:
         schema = load_json(SCHEMAS / "events" / f"{event_type}.schema.json")
         assert schema["properties"]["type"]["const"] == event_type
+    assert {p.name.removesuffix(".schema.json") for p in (SCHEMAS / "events").glob("*.json")} == set(GATEWAY_EVENT_TYPES)
+
+
+def event_schema_file(event_type: str) -> Path | None:
+    """The schema of an event type the gateway produces (None for other types, e.g. ingested ones)."""
+    path = SCHEMAS / "events" / f"{event_type}.schema.json"
+    return path if path.is_file() else None
 
 
 # ------------------------------------------------------------------------------ real events
@@ -230,6 +249,208 @@ def test_real_batches_validate(tmp_path: Path, asyncapi: dict):
         assert all(e["type"].split(".")[0] == stream for e in payload["events"])
         seqs = [e["seq"] for e in payload["events"]]
         assert seqs == sorted(seqs)
+
+
+# ---------------------------------------------------------------------------- camera events
+#
+# Real camera events: the real analytics pipeline (motion gate, tracker, lines, zones, interval
+# figures) fed synthetic frames in which one bright "person" walks in across a line, through a zone
+# and out across another line. Only the detector is a stand-in: it reports the bright box it sees.
+
+CAMERA = "cam-entrance-1"
+FRAME_W, FRAME_H = 320, 240
+
+
+class BrightBoxDetector:
+    """Any object with detect(image) -> Detections will do; this one finds the bright pixels."""
+
+    def detect(self, image: np.ndarray) -> Detections:
+        ys, xs = np.nonzero(image[:, :, 0] > 128)
+        if len(xs) == 0:
+            return Detections.empty()
+        return Detections(np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32),
+                          np.array([0.9], np.float32), np.zeros(1, np.int32))
+
+
+def walking_person_frames(blank_after: int = 12) -> list[np.ndarray]:
+    """A 30x60 box whose foot goes up from the bottom edge across y=170 (door-in), through the
+    zone, then right across x=250 (side-exit); then empty frames."""
+    path = [(150, y) for y in range(236, 116, -4)] + [(x, 116) for x in range(154, 300, 4)]
+    frames = []
+    for foot_x, foot_y in path:
+        image = np.zeros((FRAME_H, FRAME_W, 3), np.uint8)
+        image[foot_y - 60:foot_y, foot_x - 15:foot_x + 15] = 255
+        frames.append(image)
+    return frames + [np.zeros((FRAME_H, FRAME_W, 3), np.uint8) for _ in range(blank_after)]
+
+
+def camera_analytics_settings(**extra: Any) -> AnalyticsSettings:
+    # As in configs/demo-mall.yaml: in from the bottom edge, out by the right edge.
+    return AnalyticsSettings.model_validate({
+        "lines": [{"id": "door-in", "points": [[0, 170], [FRAME_W, 170]], "in_side": "left"},
+                  {"id": "side-exit", "points": [[250, FRAME_H], [250, 0]], "in_side": "left"}],
+        "zones": [{"id": "table", "polygon": [[100, 80], [240, 80], [240, 160], [100, 160]]}],
+        "tracker": {"max_age": 0.5},
+        **extra,
+    })
+
+
+def camera_envelope(event_type: str, data: dict, seq: int, ts: str | None = None) -> dict:
+    event = Event(event_type, CAMERA, data) if ts is None else Event(event_type, CAMERA, data, ts=ts)
+    return json.loads(envelope_json(event, site_id=SITE, gateway_id=GATEWAY, seq=seq))
+
+
+def assert_valid_event(envelope: dict) -> None:
+    assert_valid("envelope.schema.json", envelope)
+    schema_file = event_schema_file(envelope["type"])
+    assert schema_file is not None, f"no schema for {envelope['type']}"
+    assert_valid(schema_file, envelope)
+
+
+def test_real_camera_events_validate():
+    analytics = CameraAnalytics(CAMERA, camera_analytics_settings(), BrightBoxDetector(), (FRAME_W, FRAME_H), fps=10)
+    start = utc_timestamp()
+    produced: list[tuple[str, dict]] = []
+    for number, image in enumerate(walking_person_frames(), 1):
+        produced += analytics.process(image, now=number / 10).events
+    busy = analytics.interval_counts()
+    idle = analytics.interval_counts()  # nothing analysed since: figures without data are None
+    end = utc_timestamp()
+
+    assert [t for t, _ in produced] == ["visit.entry", "zone.dwell", "visit.exit"]
+    seq = 1
+    for event_type, data in produced:
+        envelope = camera_envelope(event_type, data, seq)
+        assert_valid_event(envelope)
+        schema = load_json(event_schema_file(event_type))
+        assert set(schema["properties"]["data"]["required"]) == set(data)
+        seq += 1
+    assert produced[0][1]["line"] == "door-in" and produced[2][1]["line"] == "side-exit"
+
+    # visit.counts: interval_counts() plus the interval's start and end, as gateway/visits.py sends it.
+    assert busy["lines"] == {"door-in": {"in": 1, "out": 0}, "side-exit": {"in": 0, "out": 1}}
+    assert busy["zones"]["table"]["dwells"] == 1 and busy["zones"]["table"]["peak_occupancy"] == 1
+    assert idle["zones"]["table"] == {"avg_occupancy": None, "peak_occupancy": None, "mean_dwell_s": None,
+                                      "dwells": 0}
+    counts_schema = load_json(event_schema_file("visit.counts"))
+    data_schema = counts_schema["properties"]["data"]
+    zone_schema = data_schema["properties"]["zones"]["additionalProperties"]
+    for figures in (busy, idle):
+        data = {**figures, "start": start, "end": end}
+        assert set(data_schema["required"]) == set(data)
+        assert set(zone_schema["required"]) == set(figures["zones"]["table"])
+        assert_valid_event(camera_envelope("visit.counts", data, seq))
+        seq += 1
+
+    # The schemas are strict where the code is.
+    good = camera_envelope("visit.counts", {**busy, "start": start, "end": end}, seq)
+    for break_it in (
+        lambda d: d.pop("start"),
+        lambda d: d["zones"]["table"].update(avg_occupancy=None),  # null average with a peak
+        lambda d: d["zones"]["table"].update(mean_dwell_s=None),  # null mean with dwells
+        lambda d: d["lines"]["door-in"].pop("out"),
+        lambda d: d["lines"].update({"-bad": {"in": 0, "out": 0}}),
+    ):
+        bad = json.loads(json.dumps(good))
+        break_it(bad["data"])
+        assert_invalid("events/visit.counts.schema.json", bad)
+    assert_invalid("events/visit.entry.schema.json", camera_envelope("visit.entry", {"camera": CAMERA, "line": "door-in"}, 1))
+    assert_invalid("events/zone.dwell.schema.json",
+                   camera_envelope("zone.dwell", {"camera": CAMERA, "zone": "table", "track_id": 0, "seconds": 1.0}, 1))
+
+
+def test_camera_event_schemas_match_the_settings():
+    item_id = LineSettings.model_json_schema()["properties"]["id"]["pattern"]
+    assert item_id == ZoneSettings.model_json_schema()["properties"]["id"]["pattern"]
+    for event_type, key in (("visit.entry", "line"), ("visit.exit", "line"), ("zone.dwell", "zone")):
+        props = load_json(SCHEMAS / "events" / f"{event_type}.schema.json")["properties"]["data"]["properties"]
+        assert props[key]["pattern"] == item_id
+        assert props["camera"]["pattern"] == DEVICE_ID_PATTERN.pattern
+    props = load_json(SCHEMAS / "events" / "visit.counts.schema.json")["properties"]["data"]["properties"]
+    assert props["lines"]["propertyNames"]["pattern"] == props["zones"]["propertyNames"]["pattern"] == item_id
+    assert props["camera"]["pattern"] == DEVICE_ID_PATTERN.pattern
+
+
+class _Frame:
+    def __init__(self, image: np.ndarray, index: int):
+        self.image, self.index, self.ts = image, index, time.time()
+
+
+class _PacedSource:
+    """A camera driver's frame source (gateway/frames.py): the scenario at 40 frames/s, then empty frames."""
+
+    def __init__(self, images: list[np.ndarray], period: float = 1 / 40):
+        self.images, self.period = images, period
+        self.blank = np.zeros_like(images[0])
+        self._latest: _Frame | None = None
+
+    def latest(self) -> _Frame | None:
+        return self._latest
+
+    def wait_next(self, after_index: int, timeout: float) -> _Frame:
+        time.sleep(self.period)
+        image = self.images[after_index] if after_index < len(self.images) else self.blank
+        self._latest = _Frame(image, after_index + 1)
+        return self._latest
+
+
+class _CollectingBus:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._lock = threading.Lock()
+
+    def publish(self, event: Event) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def of_type(self, event_type: str) -> list[Event]:
+        with self._lock:
+            return [e for e in self.events if e.type == event_type]
+
+
+def test_visit_service_events_validate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """What the visit service really publishes (visit.counts with start and end included), and the
+    /v1/cameras fields that docs/vision.md explains."""
+    from drivers.camera import CameraSettings
+    from gateway import visits
+    from gateway.frames import FrameHub
+
+    monkeypatch.setattr(visits, "detector_for", lambda settings, models_dir, threads=1: BrightBoxDetector())
+    camera = CameraSettings.model_validate({
+        "id": CAMERA, "kind": "camera", "url": "rtsp://admin:secret@10.0.0.21/stream1", "fps": 60,
+        "analytics": camera_analytics_settings(counts_interval="300ms").model_dump()})
+    bus, hub = _CollectingBus(), FrameHub()
+    hub.attach(CAMERA, _PacedSource(walking_person_frames()))
+    service = visits.VisitService(bus, hub, tmp_path)
+    service.apply([camera])
+    try:
+        def totals() -> tuple[int, int]:
+            counts = [e.data["lines"] for e in bus.of_type("visit.counts")]
+            return sum(c["door-in"]["in"] for c in counts), sum(c["side-exit"]["out"] for c in counts)
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (totals() != (1, 1) or len(bus.of_type("visit.counts")) < 4):
+            time.sleep(0.05)
+        cameras = service.cameras()
+    finally:
+        service.stop()
+    assert totals() == (1, 1), bus.events
+    assert [e.type for e in bus.events if e.type != "visit.counts"] == ["visit.entry", "zone.dwell", "visit.exit"]
+    for seq, event in enumerate(bus.events, 1):
+        assert event.device_id == CAMERA
+        assert_valid_event(json.loads(envelope_json(event, site_id=SITE, gateway_id=GATEWAY, seq=seq)))
+    counts = [e.data for e in bus.of_type("visit.counts")]
+    for before, after in itertools.pairwise(counts):
+        assert after["start"] == before["end"]  # intervals follow each other
+    assert "secret" not in json.dumps(cameras)
+
+    # Every field of GET /v1/cameras, every stage time and every worker state is explained.
+    vision = (DOCS / "vision.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"`([a-z0-9_]+)`", vision))
+    (camera_info,) = cameras
+    for name in (*camera_info, *camera_info["stage_times"], "mean_ms", "p95_ms",
+                 "starting", "running", "waiting_for_frames", "no_analytics", "error"):
+        assert name in documented, f"docs/vision.md does not explain `{name}` (GET /v1/cameras)"
 
 
 def test_topics_match_the_asyncapi_channels(asyncapi: dict):
@@ -352,6 +573,24 @@ def test_asyncapi_examples_validate(asyncapi: dict):
         assert message.get("examples"), f"message {name} has no example"
         for example in message["examples"]:
             assert_valid(schema_file.resolve(), example["payload"])
+    # Envelopes in the batch examples also match their type's schema, where the gateway defines one.
+    for example in asyncapi["components"]["messages"]["eventBatch"]["examples"]:
+        for envelope in example["payload"]["events"]:
+            if schema_file := event_schema_file(envelope["type"]):
+                assert_valid(schema_file, envelope)
+
+
+def test_asyncapi_describes_every_event_type_the_gateway_produces(asyncapi: dict):
+    """Each event schema is the payload of a message (an envelope inside an event batch), and an
+    example batch shows the type on its stream."""
+    messages = asyncapi["components"]["messages"]
+    payloads = {m["payload"]["$ref"] for m in messages.values()}
+    batch_types = {e["type"] for ex in messages["eventBatch"]["examples"] for e in ex["payload"]["events"]}
+    streams = asyncapi["components"]["parameters"]["stream"]["examples"]
+    for event_type in GATEWAY_EVENT_TYPES:
+        assert f"./schemas/events/{event_type}.schema.json" in payloads, f"no asyncapi message for {event_type}"
+        assert event_type in batch_types, f"no eventBatch example with a {event_type} event"
+        assert event_type.split(".")[0] in streams
 
 
 # ----------------------------------------------------------------------------------- config
@@ -407,7 +646,9 @@ def test_every_config_key_is_documented():
     text = (DOCS / "config.md").read_text(encoding="utf-8")
     sections = markdown_sections(text)
     found = config_sections()
-    assert {"uplink", "uplink.tls", "storage", "api", "devices", "http_ingest"} <= set(found)
+    assert {"uplink", "uplink.tls", "storage", "api", "models", "devices", "http_ingest", "camera", "camera.analytics",
+            "camera.analytics.lines", "camera.analytics.zones", "camera.analytics.motion",
+            "camera.analytics.tracker"} <= set(found), "the config walker missed a section"
     for name, (keys, _) in found.items():
         marker = name if name == "Top level" else f"`{name}`"
         matches = [body for heading, body in sections if marker in heading]
@@ -418,9 +659,9 @@ def test_every_config_key_is_documented():
 
 
 def test_every_device_kind_is_documented():
-    text = (DOCS / "config.md").read_text(encoding="utf-8")
+    headings = [heading for heading, _ in markdown_sections((DOCS / "config.md").read_text(encoding="utf-8"))]
     for kind in driver_registry.drivers():
-        assert f"`{kind}`" in text
+        assert f"#### `{kind}`" in headings, f"docs/config.md has no level-4 heading for the device kind {kind}"
 
 
 def _default_documented(cell: str, prop: dict, required: bool) -> bool:
@@ -480,6 +721,34 @@ def test_mqtt_doc_examples_validate():
     assert envelopes, "docs/mqtt.md shows no envelope example"
     for envelope in envelopes:
         assert_valid("envelope.schema.json", envelope)
+        if schema_file := event_schema_file(envelope["type"]):
+            assert_valid(schema_file, envelope)
+
+
+def documented_commands() -> Iterator[tuple[str, list[str]]]:
+    """(file, argv) of every `gateway ...` line in the shell blocks of docs/*.md and README.md."""
+    for path in (*sorted(DOCS.glob("*.md")), ROOT / "README.md"):
+        text = path.read_text(encoding="utf-8")
+        for block in re.findall(r"```(?:sh|bash|shell)\n(.*?)```", text, flags=re.DOTALL):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = re.split(r" [>|] ", line)[0]
+                words = shlex.split(line, comments=True)
+                for prefix in (["gateway"], ["python", "-m", "gateway"], [".venv/bin/python", "-m", "gateway"]):
+                    if words[:len(prefix)] == prefix:
+                        yield path.name, words[len(prefix):]
+
+
+def test_documented_commands_parse():
+    """Every gateway command shown in the docs is one the command line accepts."""
+    from gateway.cli import build_parser
+
+    commands = list(documented_commands())
+    assert {argv[0] for _, argv in commands} >= {"run", "check-config", "models", "vision"}
+    for name, argv in commands:
+        try:
+            build_parser().parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{name}: `gateway {' '.join(argv)}` is not a valid command")
 
 
 def test_systemd_unit_runs_a_real_command():

@@ -51,11 +51,12 @@ def run_replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     import cv2  # heavy: imported when a replay runs, not whenever the CLI starts
 
     cv2.setNumThreads(1)  # as on the gateway: one thread for OpenCV, one for onnxruntime
+    from .capture import FpsLimiter
     from .detect import detector_for
     from .pipeline import CameraAnalytics
 
     try:
-        settings, _, configured_dir, threads = analytics_settings(args)
+        settings, camera_fps, configured_dir, threads = analytics_settings(args)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -70,7 +71,11 @@ def run_replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return 1
     video_fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-    analytics = CameraAnalytics(args.camera or "replay", settings, detector, size, video_fps)
+    # With a configured camera, analyse at its fps as the live gateway would (a 25 fps recording of a
+    # camera analysed at 10 fps); without one, every frame.
+    analysis_fps = min(camera_fps, video_fps) if camera_fps else video_fps
+    limiter = FpsLimiter(analysis_fps) if analysis_fps < video_fps else None
+    analytics = CameraAnalytics(args.camera or "replay", settings, detector, size, analysis_fps)
     tracks_out = open(args.tracks_out, "w") if args.tracks_out else None
     events_out = open(args.events_out, "w") if args.events_out else None
     entries = exits = frame_number = 0
@@ -81,6 +86,8 @@ def run_replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             if not ok:
                 break
             frame_number += 1
+            if limiter is not None and not limiter.due(frame_number / video_fps):
+                continue
             result = analytics.process(image, now=frame_number / video_fps)
             if tracks_out:
                 for track in result.tracks if result.inferred else []:
@@ -101,7 +108,8 @@ def run_replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             if f:
                 f.close()
     elapsed = time.perf_counter() - start
-    summary = {"frames": frame_number, "frames_inferred": analytics.frames_inferred, "entries": entries,
+    summary = {"frames": frame_number, "frames_analysed": analytics.frames_processed,
+               "frames_inferred": analytics.frames_inferred, "entries": entries,
                "exits": exits, "fps": round(frame_number / elapsed, 1) if elapsed else 0.0,
                "stage_times": analytics.times.summary()}
     print(json.dumps(summary), file=out)

@@ -5,13 +5,14 @@ All coordinates are pixels of the camera's own image (as in its snapshot), x to 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from ..validation import Duration, StrictModel
 
-Point = tuple[float, float]
+# Finite pixel coordinates: NaN or infinity in a line would fail on every frame, not at load.
+Point = tuple[Annotated[float, Field(allow_inf_nan=False)], Annotated[float, Field(allow_inf_nan=False)]]
 
 
 class LineSettings(StrictModel):
@@ -20,6 +21,15 @@ class LineSettings(StrictModel):
     in_side: Literal["left", "right"] = Field(
         "left", description="the side that counts as in, walking from the first point to the second")
     hysteresis: float = Field(6.0, ge=0, description="pixels past the line before a crossing counts")
+
+
+    @field_validator("points")
+    @classmethod
+    def _segments_have_length(cls, points: list[Point]) -> list[Point]:
+        for (x1, y1), (x2, y2) in zip(points, points[1:]):
+            if (x1, y1) == (x2, y2):
+                raise ValueError(f"two consecutive points are the same ({x1:g}, {y1:g}): a segment needs length")
+        return points
 
 
 class ZoneSettings(StrictModel):
