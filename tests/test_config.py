@@ -141,7 +141,7 @@ def test_config_schema_is_json_with_devices():
 
 def test_valid_text_parses():
     config = parse(VALID)
-    assert [d.id for d in config.devices] == ["parking-b2", "parking-b3", "cam-entrance-1"]
+    assert [d.id for d in config.devices] == ["parking-b2", "parking-b3"]
     assert config.devices[1].stale_after == 300  # the driver's default
 
 
