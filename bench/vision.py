@@ -161,7 +161,7 @@ def phase_tracking_accuracy(seed: int = 7, people: int = 25, frames: int = 400) 
     import motmetrics as mm
     import numpy as np
 
-    from gateway.vision.track import Tracker
+    from gateway.vision.track import Tracker, iou_matrix
 
     rng = np.random.default_rng(seed)
     start = rng.uniform([0, 100], [1280, 620], size=(people, 2))
@@ -186,8 +186,12 @@ def phase_tracking_accuracy(seed: int = 7, people: int = 25, frames: int = 400) 
         boxes = np.vstack([boxes, np.column_stack([false, false + [50, 140]])]) if len(false) else boxes
         scores = np.concatenate([scores, rng.uniform(0.3, 0.7, len(false))]) if len(false) else scores
         tracks = tracker.update(boxes.astype(np.float32), scores.astype(np.float32))
-        hyp = np.array([[t.box[0], t.box[1], t.box[2] - t.box[0], t.box[3] - t.box[1]] for t in tracks]).reshape(-1, 4)
-        acc.update(list(gt_ids), [t.track_id for t in tracks], mm.distances.iou_matrix(gt, hyp, max_iou=0.5))
+        hyp = np.array([t.box for t in tracks], float).reshape(-1, 4)
+        gt_xyxy = np.column_stack([gt[:, :2], gt[:, :2] + gt[:, 2:]])
+        # motmetrics 1.4's own iou_matrix calls np.asfarray, gone in NumPy 2: same distances, our IoU.
+        distances = 1.0 - iou_matrix(gt_xyxy, hyp) if len(gt_xyxy) and len(hyp) else np.empty((len(gt_xyxy), len(hyp)))
+        distances[distances > 0.5] = np.nan
+        acc.update(list(gt_ids), [t.track_id for t in tracks], distances)
     summary = mm.metrics.create().compute(acc, metrics=["mota", "idf1", "num_switches"], name="synthetic")
     return {k: float(summary[k].iloc[0]) for k in ("mota", "idf1", "num_switches")}
 
