@@ -36,6 +36,7 @@ from .visits import VisitService
 log = logging.getLogger("gateway")
 
 OUTBOX_QUEUE_HIGH_WATER = 20_000
+SHUTDOWN_SEND_GRACE = 3.0  # seconds a clean stop waits for the backlog to go up
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -127,10 +128,19 @@ class Gateway:
         await asyncio.to_thread(self.visits.stop)
         await self.supervisor.stop()
         await self.bus.stop()  # what drivers emitted reaches the outbox queue
+        await self._let_uplink_catch_up(SHUTDOWN_SEND_GRACE)
         if self.uplink is not None:
             await asyncio.to_thread(self.uplink.stop)
         await asyncio.to_thread(self.outbox.close)  # commits what is queued
         log.info("gateway stopped")
+
+    async def _let_uplink_catch_up(self, timeout: float) -> None:
+        """On a clean stop, give the last events (final counts, statuses) a moment to go up now
+        rather than at the next start; whatever is left stays in the outbox, safe."""
+        deadline = time.monotonic() + timeout
+        while (self.uplink is not None and self.uplink.connected and time.monotonic() < deadline
+               and (self.outbox.queued_events or self.outbox.stats().backlog_events)):
+            await asyncio.sleep(0.05)
 
     # ------------------------------------------------------------------------ event plumbing
 

@@ -69,7 +69,8 @@ class Summary:
                 f" {health['online']}/{health['total']} | people in {visits} out {exits} | uplink {uplink}")
 
 
-async def _run(gateway: Gateway, platform: PlatformStandIn, duration: float | None) -> list[VirtualDevice]:
+async def _run(gateway: Gateway, platform: PlatformStandIn, duration: float | None,
+               cameras: int = 0) -> list[VirtualDevice]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, gateway.request_stop)
@@ -84,7 +85,7 @@ async def _run(gateway: Gateway, platform: PlatformStandIn, duration: float | No
     summary = Summary(gateway, platform, devices)
     tty = sys.stdout.isatty()
     print(f"demo site {gateway.config.site_id}: gateway API http://127.0.0.1:{gateway.api_port}/docs, "
-          f"{len(devices)} simulated devices. Ctrl-C stops.", flush=True)
+          f"{len(devices)} simulated devices, {cameras} virtual cameras. Ctrl-C stops.", flush=True)
     deadline = time.monotonic() + duration if duration else None
     last_print = 0.0
     while not gateway_task.done():
@@ -127,7 +128,7 @@ def run_demo(config_path: Path, broker: str | None, duration: float | None, data
     config, cameras = _serve_cameras(config)
     gateway = Gateway(_demo_config(config, host, port_number, protocol, data_dir, api_port))
     try:
-        asyncio.run(_run(gateway, platform, duration))
+        asyncio.run(_run(gateway, platform, duration, len(cameras)))
     finally:
         for camera in cameras:
             camera.stop()

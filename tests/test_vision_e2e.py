@@ -93,6 +93,9 @@ def test_a_missing_model_costs_only_that_cameras_analytics(tmp_path, mosquitto, 
             assert platform.wait_for(lambda: camera_state()["state"] == "error", timeout=30)
             error = camera_state()["error"]
             assert "yolox_nano.onnx not found" in error and "gateway models fetch yolox_nano" in error
+            health = gateway.health()
+            assert health["status"] == "degraded"
+            assert health["cameras"] == [{"id": "cam-1", "state": "error", "error": error}]
             # Capture goes on (the set-up snapshot still works) and so does everything else.
             assert platform.wait_for(lambda: httpx.get(gateway.api_url + "/v1/cameras/cam-1/snapshot.jpg",
                                                        headers=AUTH, timeout=10).status_code == 200, timeout=30)
