@@ -18,14 +18,18 @@ import argparse
 import json
 import logging
 import multiprocessing
-import resource
 import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+# As on a deployed gateway: pandas is not installed there (only the bench extra brings it, for
+# motmetrics), and sqlite-utils imports it whenever it can, adding about 50 MB to every process.
+sys.modules.setdefault("pandas", None)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from isolated import peak_rss_mb, run_isolated  # noqa: E402
 
 from gateway.config import UplinkConfig  # noqa: E402
 from gateway.events import Event, envelope_json  # noqa: E402
@@ -41,8 +45,6 @@ def make_events(n: int, start: int = 0) -> list[Event]:
             for i in range(n)]
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ----------------------------------------------------------------------------- (a) outbox commits
@@ -198,18 +200,6 @@ def phase_drain(tmp: Path, port: int, backlog: int, counter, done_at) -> dict:
     return {"drain_s": drain_seconds, "fill_s": fill_seconds, "rss_mb": peak_rss_mb()}
 
 
-def _child(results, phase, args) -> None:
-    results.put(phase(*args))
-
-
-def run_isolated(ctx, phase, *args) -> dict:
-    """Each phase in a fresh process, so that its peak RSS is its own."""
-    results = ctx.Queue()
-    process = ctx.Process(target=_child, args=(results, phase, args))
-    process.start()
-    result = results.get(timeout=900)
-    process.join(30)
-    return result
 
 
 def main() -> None:

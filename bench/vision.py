@@ -20,21 +20,20 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import resource
 import sys
 import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers
 sys.path.insert(0, str(ROOT))
+from isolated import peak_rss_mb, run_isolated  # noqa: E402
 VIDEOS = ROOT.parent / "shared" / "data" / "video"
 ENTRANCE = VIDEOS / "entrance_one_by_one.mp4"
 BUSY_HALL = VIDEOS / "busy_hall_1280x720.avi"
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def percentile(values, q: float) -> float:
@@ -79,7 +78,6 @@ def phase_single(models_dir: str) -> dict:
 # --------------------------------------------------------------- (2) four live cameras, gated
 
 def phase_four_cameras(models_dir: str, seconds: float) -> dict:
-    import cv2
 
     from drivers.camera import CameraSettings
     from gateway.bus import EventBus
@@ -196,17 +194,6 @@ def phase_tracking_accuracy(seed: int = 7, people: int = 25, frames: int = 400) 
     return {k: float(summary[k].iloc[0]) for k in ("mota", "idf1", "num_switches")}
 
 
-def _child(results, phase, args) -> None:
-    results.put(phase(*args))
-
-
-def run_isolated(ctx, phase, *args) -> dict:
-    results = ctx.Queue()
-    process = ctx.Process(target=_child, args=(results, phase, args))
-    process.start()
-    result = results.get(timeout=900)
-    process.join(30)
-    return result
 
 
 def main() -> None:

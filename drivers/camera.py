@@ -12,7 +12,6 @@ from typing import Literal
 
 from pydantic import Field
 
-from gateway.vision.capture import FrameGrabber
 from gateway.vision.settings import AnalyticsSettings
 from gateway.validation import Duration
 
@@ -39,6 +38,8 @@ class CameraDriver(Driver):
     Settings = CameraSettings
 
     async def run(self) -> None:
+        from gateway.vision.capture import FrameGrabber  # OpenCV loads only when a camera runs
+
         settings: CameraSettings = self.settings  # type: ignore[assignment]
         loop = asyncio.get_running_loop()
 

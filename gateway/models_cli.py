@@ -50,8 +50,18 @@ def _context(args: argparse.Namespace) -> tuple[ModelManifest, Path]:
     return manifest, models_dir(args.dir)
 
 
-def _unknown(manifest: ModelManifest, names: list[str]) -> list[str]:
-    return [name for name in names if name not in manifest.names]
+def _resolve(args: argparse.Namespace, names: list[str]) -> tuple[ModelManifest, Path] | int:
+    """The manifest and directory for a command, or the exit code for a bad manifest or name."""
+    try:
+        manifest, directory = _context(args)
+    except ModelError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    unknown = [name for name in names if name not in manifest.names]
+    if unknown:
+        print(f"unknown model(s): {', '.join(unknown)} (known: {', '.join(manifest.names)})", file=sys.stderr)
+        return EXIT_USAGE
+    return manifest, directory
 
 
 def _size(path: Path, expected: int | None) -> str:
@@ -62,11 +72,10 @@ def _size(path: Path, expected: int | None) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    try:
-        manifest, directory = _context(args)
-    except ModelError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_USAGE
+    resolved = _resolve(args, [])
+    if isinstance(resolved, int):
+        return resolved
+    manifest, directory = resolved
     rows = [("NAME", "TASK", "FILE", "STATUS", "SIZE")]
     for spec in manifest.models:
         rows.append((spec.name, spec.task, spec.file, manifest.status(spec.name, directory),
@@ -79,14 +88,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    try:
-        manifest, directory = _context(args)
-    except ModelError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_USAGE
-    if unknown := _unknown(manifest, args.names):
-        print(f"unknown model(s): {', '.join(unknown)} (known: {', '.join(manifest.names)})", file=sys.stderr)
-        return EXIT_USAGE
+    resolved = _resolve(args, args.names)
+    if isinstance(resolved, int):
+        return resolved
+    manifest, directory = resolved
     required = bool(args.names)
     status = EXIT_OK
     for name in args.names or manifest.names:
@@ -108,14 +113,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    try:
-        manifest, directory = _context(args)
-    except ModelError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_USAGE
-    if unknown := _unknown(manifest, args.names):
-        print(f"unknown model(s): {', '.join(unknown)} (known: {', '.join(manifest.names)})", file=sys.stderr)
-        return EXIT_USAGE
+    resolved = _resolve(args, args.names)
+    if isinstance(resolved, int):
+        return resolved
+    manifest, directory = resolved
     status = EXIT_OK
     for name in args.names:
         already = manifest.status(name, directory) == "present"

@@ -17,8 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
+from typing import TYPE_CHECKING
 
 from drivers.base import DeviceConfig
 
@@ -26,11 +25,14 @@ from .bus import EventBus
 from .events import Event, utc_timestamp
 from .frames import FrameHub
 from .models import ModelError
-from .vision.capture import FpsLimiter, redact_url
-from .vision.detect import PersonDetector, detector_for
-from .vision.draw import annotate, encode_jpeg
-from .vision.pipeline import CameraAnalytics
 from .vision.settings import AnalyticsSettings
+
+if TYPE_CHECKING:  # the vision stack (OpenCV, onnxruntime, SciPy) loads only when a camera runs
+    import numpy as np
+
+    from .vision.capture import FpsLimiter
+    from .vision.detect import PersonDetector
+    from .vision.pipeline import CameraAnalytics
 
 log = logging.getLogger("gateway.visits")
 
@@ -63,9 +65,6 @@ class VisitService:
         self._workers: dict[str, CameraWorker] = {}
         self._detectors: dict[tuple, Any] = {}  # one onnxruntime session per model, shared by cameras
         self._lock = threading.Lock()
-        # One OpenCV thread per call: with a worker thread per camera on a small CPU, OpenCV's own
-        # pool only adds wake-ups (motion check p95 4.4 ms with 2 threads, 0.6 ms with 1).
-        cv2.setNumThreads(1)
 
     # --------------------------------------------------------------------------- lifecycle
 
@@ -77,6 +76,7 @@ class VisitService:
                 self._stop_worker(camera_id)
         for camera_id, settings in cameras.items():
             if camera_id not in self._workers:
+                _load_vision_stack()
                 worker = CameraWorker(camera_id, settings)
                 worker.thread = threading.Thread(target=self._run, args=(worker,), name=f"visits-{camera_id}",
                                                  daemon=True)
@@ -97,6 +97,10 @@ class VisitService:
     # ----------------------------------------------------------------------------- reading
 
     def cameras(self) -> list[dict[str, Any]]:
+        if not self._workers:
+            return []
+        from .vision.capture import redact_url
+
         out = []
         for worker in list(self._workers.values()):
             analytics = worker.analytics
@@ -130,6 +134,8 @@ class VisitService:
             image = frame.image if frame is not None else None
         if image is None:
             return None
+        from .vision.draw import annotate, encode_jpeg
+
         analytics = worker.analytics
         drawn = annotate(image, worker.settings.analytics, analytics.last_tracks if analytics else [],
                          analytics.zones.occupancy() if analytics else None)
@@ -141,6 +147,8 @@ class VisitService:
         key = (settings.detector, settings.detector_family, settings.score_threshold, settings.nms_iou)
         with self._lock:  # cameras with the same settings share one detector (one onnxruntime session)
             if key not in self._detectors:
+                from .vision.detect import detector_for
+
                 self._detectors[key] = detector_for(settings, self.models_dir, self.threads)
             return self._detectors[key]
 
@@ -157,6 +165,8 @@ class VisitService:
         return detector
 
     def _run(self, worker: CameraWorker) -> None:
+        from .vision.capture import FpsLimiter
+
         settings = worker.settings
         worker.limiter = FpsLimiter(settings.fps)
         detector, model_tried = None, -MODEL_RETRY_INTERVAL
@@ -212,6 +222,8 @@ class VisitService:
 
     def _analyse(self, worker: CameraWorker, detector: PersonDetector, frame) -> None:
         if worker.analytics is None or worker.analytics.frame_size != worker.frame_size:
+            from .vision.pipeline import CameraAnalytics
+
             worker.analytics = CameraAnalytics(worker.camera_id, worker.settings.analytics, detector,
                                                worker.frame_size, worker.settings.fps)
         result = worker.analytics.process(frame.image, frame.ts)
@@ -222,3 +234,10 @@ class VisitService:
         if result.inferred:  # from the frame leaving the camera's stream to its events on the bus
             worker.analytics.times.add("frame_to_event", (time.time() - frame.ts) * 1000)
 
+
+def _load_vision_stack() -> None:
+    import cv2
+
+    # One OpenCV thread per call: with a worker thread per camera on a small CPU, OpenCV's own
+    # pool only adds wake-ups (motion check p95 4.4 ms with 2 threads, 0.6 ms with 1).
+    cv2.setNumThreads(1)

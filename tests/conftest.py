@@ -6,10 +6,13 @@ and can run in parallel.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from simulator.brokers import MosquittoBroker, find_mosquitto
 from simulator.platform import PlatformStandIn
+from support import ENTRANCE
 
 
 @pytest.fixture
@@ -32,3 +35,11 @@ def platform(mosquitto, tmp_path):
     standin.start()
     yield standin
     standin.stop()
+
+
+@pytest.fixture
+def entrance_video() -> Path:
+    """The real entrance video from ../shared/data (skipped only where it is genuinely absent)."""
+    if not ENTRANCE.exists():
+        pytest.skip(f"test video {ENTRANCE} is absent (see ../shared/data/README.md)")
+    return ENTRANCE

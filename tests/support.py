@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"  # real models and data, beside the repository (never committed)
+MODELS = SHARED / "models"
+VIDEO_DIR = SHARED / "data" / "video"
+ENTRANCE = VIDEO_DIR / "entrance_one_by_one.mp4"
 
 
 def outbox_rows(db_path, where: str = "1", params: tuple = ()) -> list[dict]:

@@ -12,7 +12,6 @@ import socket
 import threading
 import time
 import weakref
-from pathlib import Path
 from typing import Callable
 
 import cv2
@@ -24,15 +23,6 @@ from gateway.vision.capture import (
 from simulator.brokers import free_port
 from simulator.camera import MjpegCamera
 
-VIDEO_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "video"
-ENTRANCE = VIDEO_DIR / "entrance_one_by_one.mp4"
-
-
-@pytest.fixture
-def entrance_video() -> Path:
-    if not ENTRANCE.exists():
-        pytest.skip(f"test video {ENTRANCE} is absent (see ../shared/data/README.md)")
-    return ENTRANCE
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:

@@ -415,7 +415,9 @@ def test_visit_service_events_validate(monkeypatch: pytest.MonkeyPatch, tmp_path
     from gateway import visits
     from gateway.frames import FrameHub
 
-    monkeypatch.setattr(visits, "detector_for", lambda settings, models_dir, threads=1: BrightBoxDetector())
+    import gateway.vision.detect as detect  # visits imports it when a camera starts
+
+    monkeypatch.setattr(detect, "detector_for", lambda settings, models_dir, threads=1: BrightBoxDetector())
     camera = CameraSettings.model_validate({
         "id": CAMERA, "kind": "camera", "url": "rtsp://admin:secret@10.0.0.21/stream1", "fps": 60,
         "analytics": camera_analytics_settings(counts_interval="300ms").model_dump()})

@@ -8,11 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import ENTRANCE, MODELS, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-VIDEO = SHARED / "data" / "video" / "entrance_one_by_one.mp4"
-MODELS = SHARED / "models"
+VIDEO = ENTRANCE
 
 pytestmark = pytest.mark.skipif(not VIDEO.exists() or not (MODELS / "yolox_nano.onnx").exists(),
                                 reason="needs ../shared/data/video and ../shared/models (present in CI)")

@@ -14,15 +14,6 @@ import pytest
 
 from simulator.camera import MjpegCamera
 
-VIDEO_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "video"
-ENTRANCE = VIDEO_DIR / "entrance_one_by_one.mp4"
-
-
-@pytest.fixture
-def entrance_video() -> Path:
-    if not ENTRANCE.exists():
-        pytest.skip(f"test video {ENTRANCE} is absent (see ../shared/data/README.md)")
-    return ENTRANCE
 
 
 @pytest.fixture

@@ -17,11 +17,9 @@ import pytest
 from simulator.brokers import free_port
 from simulator.camera import MjpegCamera
 from simulator.process import GatewayProcess, write_config
+from support import ENTRANCE, MODELS
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-VIDEO = SHARED / "data" / "video" / "entrance_one_by_one.mp4"
-MODELS = SHARED / "models"
+VIDEO = ENTRANCE
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
