@@ -112,6 +112,7 @@ class VisitService:
                 "error": worker.error,
                 "target_fps": worker.settings.fps,
                 "frame_size": worker.frame_size,
+                "frames_read": getattr(self.frames.source(worker.camera_id), "frames_read", 0),
                 "frames_processed": limiter.processed if limiter else 0,
                 "frames_skipped": limiter.skipped if limiter else 0,
                 "frames_inferred": analytics.frames_inferred if analytics else 0,

@@ -61,6 +61,7 @@ def test_people_crossing_a_line_reach_the_platform_as_visits(tmp_path, mosquitto
             cameras = httpx.get(gateway.api_url + "/v1/cameras", headers=AUTH, timeout=10).json()
             assert cameras[0]["id"] == "cam-1" and cameras[0]["state"] == "running"
             assert cameras[0]["frames_processed"] > 20 and cameras[0]["frame_size"] == [768, 432]
+            assert cameras[0]["frames_read"] >= cameras[0]["frames_processed"]
             assert "inference" in cameras[0]["stage_times"]
             statuses = [e["data"]["state"] for e in platform.events(type="device.status") if e["device_id"] == "cam-1"]
             assert "online" in statuses
