@@ -1,0 +1,303 @@
+"""The synced credential and rule set, kept in SQLite (WAL) so doors keep working without the uplink.
+
+The platform sends the set with the `access.sync` downlink command:
+
+    {"version": 7, "mode": "snapshot" | "delta",
+     "persons": [...], "credentials": [...], "rules": [...], "anti_passback": [...],
+     "remove": {"persons": [person ids], "credentials": [values], "rules": [rule ids],
+                "anti_passback": [{"entry_door": ..., "exit_door": ...}]}}
+
+Rules it keeps:
+- Versions are ordered. A snapshot replaces everything and may jump to any higher version; a delta
+  must be exactly the current version + 1 (else `SyncError` says which version is expected, so the
+  platform can send the missing deltas or a snapshot). A lower version is refused.
+- A repeat of the current version (QoS 1 redelivery, a retried command) is acknowledged without
+  change, provided it is the same message: the digest of the applied message is kept, and the same
+  version with other content is refused.
+- A message is validated completely (pydantic) before anything is written, and applied in one
+  transaction: a refused or failed sync leaves the previous set and version untouched.
+- In a delta, removals are applied before upserts. Removing a person removes their credentials and
+  the rules naming them. A credential must name a person in the resulting set.
+- Credential values are unique across kinds: a credential with the value of another replaces it.
+  Removing an id that is not there is not an error (a delta may be built from a stale view).
+- Each row holds the item's validated JSON; `load_policy` rebuilds the in-memory `AccessPolicy` (at
+  start); after each applied sync, `apply_to_policy` brings the live policy to the same state
+  without reading the database again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Literal, Self
+
+import sqlite_utils
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
+
+from ..commands import CommandError
+from ..validation import StrictModel
+from .rules import AccessPolicy, AntiPassback, Credential, DoorRule, PassageState, Person
+
+MAX_ERRORS_SHOWN = 5
+
+
+class SyncError(CommandError):
+    """An `access.sync` refused: malformed, out of order, stale, or inconsistent. Nothing applied."""
+
+    def __init__(self, message: str, expected_version: int | None = None):
+        super().__init__(message)
+        self.expected_version = expected_version
+
+
+class DoorPair(StrictModel):
+    entry_door: str
+    exit_door: str
+
+
+class Removals(StrictModel):
+    persons: list[str] = []
+    credentials: list[str] = []
+    rules: list[str] = []
+    anti_passback: list[DoorPair] = []
+
+    def empty(self) -> bool:
+        return not (self.persons or self.credentials or self.rules or self.anti_passback)
+
+
+def _duplicates(keys) -> list:
+    seen, repeated = set(), []
+    for key in keys:
+        if key in seen:
+            repeated.append(key)
+        seen.add(key)
+    return repeated
+
+
+class AccessSync(StrictModel):
+    """The body of an `access.sync` command."""
+
+    version: int = Field(ge=1, strict=True)
+    mode: Literal["snapshot", "delta"]
+    persons: list[Person] = []
+    credentials: list[Credential] = []
+    rules: list[DoorRule] = []
+    anti_passback: list[AntiPassback] = []
+    remove: Removals = Removals()
+    _digest: str = PrivateAttr("")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _digest_of_input(cls, data, handler):
+        """Remember a digest of the message as sent (keys sorted) to recognise a repeat; not of the
+        models, whose sets have no stable order across processes."""
+        sync = handler(data)
+        if isinstance(data, dict):
+            sync._digest = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"),
+                                                     default=str).encode()).hexdigest()
+        return sync
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.mode == "snapshot" and not self.remove.empty():
+            raise ValueError("a snapshot replaces everything: `remove` must be empty")
+        for what, keys in (("person_id", [p.person_id for p in self.persons]),
+                           ("credential value", [c.value for c in self.credentials]),
+                           ("rule_id", [r.rule_id for r in self.rules]),
+                           ("anti_passback pair", [a.key for a in self.anti_passback])):
+            repeated = _duplicates(keys)
+            if repeated:
+                raise ValueError(f"{what} given more than once: {repeated[:MAX_ERRORS_SHOWN]}")
+        return self
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:MAX_ERRORS_SHOWN]:
+        location = ".".join(str(p) for p in error["loc"]) or "message"
+        parts.append(f"{location}: {error['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def parse_sync(message: dict) -> AccessSync:
+    """The validated body of an `access.sync` command, or SyncError saying what is wrong."""
+    try:
+        sync = AccessSync.model_validate(message)
+    except ValidationError as exc:
+        raise SyncError(f"malformed access.sync: {_describe(exc)}") from None
+    return sync
+
+
+def apply_to_policy(sync: AccessSync, policy: AccessPolicy) -> AccessPolicy:
+    """The policy after an applied sync, the same as `load_policy` would give.
+
+    A delta updates `policy` in place (microseconds for a few items: do it on the thread that
+    decides); a snapshot builds a new policy (seconds for 100k credentials: do it in a worker
+    thread, then swap) that takes over the anti-passback state.
+    """
+    if sync.mode == "snapshot":
+        return AccessPolicy(sync.persons, sync.credentials, sync.rules, sync.anti_passback, policy.passages)
+    remove = sync.remove
+    policy.update(sync.persons, sync.credentials, sync.rules, sync.anti_passback,
+                  remove_persons=remove.persons, remove_credentials=remove.credentials,
+                  remove_rules=remove.rules,
+                  remove_anti_passback=[(p.entry_door, p.exit_door) for p in remove.anti_passback])
+    return policy
+
+
+class AccessStore:
+    def __init__(self, path: str | Path, synchronous: str = "full"):
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be off, normal, full or extra, got {synchronous!r}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        conn.execute("PRAGMA busy_timeout=30000")
+        self._db = sqlite_utils.Database(conn)
+        self._conn = conn
+        self._lock = threading.Lock()  # apply_sync may run in a worker thread, load_policy in another
+        self._create_schema(self._db)
+
+    @staticmethod
+    def _create_schema(db: sqlite_utils.Database) -> None:
+        db["access_meta"].create({"name": str, "value": str}, pk="name", if_not_exists=True)
+        db["access_persons"].create({"person_id": str, "body": str}, pk="person_id", if_not_exists=True)
+        db["access_credentials"].create(
+            {"value": str, "person_id": str, "body": str}, pk="value", if_not_exists=True)
+        db["access_credentials"].create_index(["person_id"], if_not_exists=True)
+        db["access_rules"].create(
+            {"rule_id": str, "person_id": str, "body": str}, pk="rule_id", if_not_exists=True)
+        db["access_rules"].create_index(["person_id"], if_not_exists=True)
+        db["access_anti_passback"].create(
+            {"entry_door": str, "exit_door": str, "body": str}, pk=("entry_door", "exit_door"),
+            if_not_exists=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _meta(self, name: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM access_meta WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    @property
+    def version(self) -> int:
+        """The version of the set held; 0 before the first sync."""
+        with self._lock:
+            return int(self._meta("version") or 0)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return self._counts()
+
+    def _counts(self) -> dict[str, int]:
+        return {name: self._conn.execute(f"SELECT count(*) FROM access_{name}").fetchone()[0]
+                for name in ("persons", "credentials", "rules", "anti_passback")}
+
+    def apply_sync(self, message: dict) -> dict:
+        """Apply an `access.sync` body; the ack's result, or SyncError with nothing applied."""
+        return self.apply(parse_sync(message))
+
+    def apply(self, sync: AccessSync) -> dict:
+        """Apply a parsed sync in one transaction: `{"version", "applied", <table>: rows}`."""
+        digest = sync._digest
+        if not digest:
+            raise ValueError("build the AccessSync from the message (parse_sync), not field by field")
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                current = int(self._meta("version") or 0)
+                applied = self._check_order(sync, current, digest)
+                if applied:
+                    if sync.mode == "snapshot":
+                        for name in ("persons", "credentials", "rules", "anti_passback"):
+                            conn.execute(f"DELETE FROM access_{name}")
+                    else:
+                        self._remove(sync.remove)
+                    self._upsert(sync)
+                    self._check_references()
+                    conn.executemany("INSERT OR REPLACE INTO access_meta (name, value) VALUES (?, ?)",
+                                     [("version", str(sync.version)), ("digest", digest)])
+                result = {"version": sync.version if applied else current, "applied": applied,
+                          **self._counts()}
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return result
+
+    def _check_order(self, sync: AccessSync, current: int, digest: str) -> bool:
+        """True to apply, False for an idempotent repeat; SyncError when out of order."""
+        if sync.version == current:
+            if self._meta("digest") == digest:
+                return False
+            raise SyncError(f"version {current} is already applied with other content; "
+                            f"expected version {current + 1} (delta) or a higher snapshot",
+                            expected_version=current + 1)
+        if sync.version < current:
+            raise SyncError(f"version {sync.version} is older than the current version {current}; "
+                            f"expected version {current + 1}", expected_version=current + 1)
+        if sync.mode == "delta" and sync.version != current + 1:
+            raise SyncError(f"delta version {sync.version} does not follow the current version "
+                            f"{current}: expected version {current + 1} (or a snapshot)",
+                            expected_version=current + 1)
+        return True
+
+    def _remove(self, remove: Removals) -> None:
+        conn = self._conn
+        persons = [(p,) for p in remove.persons]
+        conn.executemany("DELETE FROM access_credentials WHERE person_id = ?", persons)
+        conn.executemany("DELETE FROM access_rules WHERE person_id = ?", persons)
+        conn.executemany("DELETE FROM access_persons WHERE person_id = ?", persons)
+        conn.executemany("DELETE FROM access_credentials WHERE value = ?", [(v,) for v in remove.credentials])
+        conn.executemany("DELETE FROM access_rules WHERE rule_id = ?", [(r,) for r in remove.rules])
+        conn.executemany("DELETE FROM access_anti_passback WHERE entry_door = ? AND exit_door = ?",
+                         [(p.entry_door, p.exit_door) for p in remove.anti_passback])
+
+    def _upsert(self, sync: AccessSync) -> None:
+        conn = self._conn
+        conn.executemany("INSERT OR REPLACE INTO access_persons (person_id, body) VALUES (?, ?)",
+                         [(p.person_id, p.model_dump_json()) for p in sync.persons])
+        conn.executemany("INSERT OR REPLACE INTO access_credentials (value, person_id, body) VALUES (?, ?, ?)",
+                         [(c.value, c.person_id, c.model_dump_json()) for c in sync.credentials])
+        conn.executemany("INSERT OR REPLACE INTO access_rules (rule_id, person_id, body) VALUES (?, ?, ?)",
+                         [(r.rule_id, r.person_id, r.model_dump_json()) for r in sync.rules])
+        conn.executemany(
+            "INSERT OR REPLACE INTO access_anti_passback (entry_door, exit_door, body) VALUES (?, ?, ?)",
+            [(a.entry_door, a.exit_door, a.model_dump_json()) for a in sync.anti_passback])
+
+    def _check_references(self) -> None:
+        orphans = self._conn.execute(
+            "SELECT value, person_id FROM access_credentials WHERE person_id NOT IN "
+            "(SELECT person_id FROM access_persons) LIMIT ?", (MAX_ERRORS_SHOWN,)).fetchall()
+        if orphans:
+            listed = ", ".join(f"{value!r} -> {person!r}" for value, person in orphans)
+            raise SyncError(f"credentials name persons not in the set: {listed}")
+
+    def load_policy(self, passages: PassageState | None = None) -> AccessPolicy:
+        """The stored set as an AccessPolicy; pass the old policy's `passages` to keep anti-passback state."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN")  # one consistent read of all four tables
+            try:
+                persons = [Person.model_validate_json(b) for (b,) in conn.execute("SELECT body FROM access_persons")]
+                credentials = [Credential.model_validate_json(b)
+                               for (b,) in conn.execute("SELECT body FROM access_credentials")]
+                rules = [DoorRule.model_validate_json(b) for (b,) in conn.execute("SELECT body FROM access_rules")]
+                pairs = [AntiPassback.model_validate_json(b)
+                         for (b,) in conn.execute("SELECT body FROM access_anti_passback")]
+            finally:
+                conn.execute("COMMIT")
+        return AccessPolicy(persons, credentials, rules, pairs, passages)
