@@ -16,10 +16,13 @@ import logging
 import time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import uvicorn
 
 from . import __version__
+from .access.service import AccessService
+from .access.store import AccessStore
 from .api import create_app
 from .bus import EventBus
 from .commands import CommandError, CommandRouter
@@ -66,6 +69,7 @@ class Gateway:
         )
         self.uplink: Uplink | None = None
         self.commands: CommandRouter | None = None
+        self.access: AccessService | None = None
         self.api_server: _EmbeddedServer | None = None
         self.api_port: int | None = None
         self._stop: asyncio.Event | None = None
@@ -86,6 +90,10 @@ class Gateway:
         self.commands = CommandRouter(self._loop)
         self.commands.register("ping", self._ping)
         self.commands.register("reload-config", self._reload_command)
+        self.access = AccessService(self.bus, await asyncio.to_thread(AccessStore, self.config.access_store_path),
+                                    self.config.access.doors, self.config.timezone, self.supervisor.drivers)
+        self.bus.subscribe("access", self.access.on_read, ["access.card_read", "access.keypad"])
+        self.commands.register("access.sync", self.access.sync_command)
         self.uplink = Uplink(self.config.uplink, site_id=self.config.site_id, gateway_id=self.config.gateway_id,
                              outbox=self.outbox, status=self._status_summary, commands=self.commands.dispatch)
         self.uplink.start()
@@ -132,6 +140,8 @@ class Gateway:
         if self.uplink is not None:
             await asyncio.to_thread(self.uplink.stop)
         await asyncio.to_thread(self.outbox.close)  # commits what is queued
+        if self.access is not None:
+            self.access.store.close()
         log.info("gateway stopped")
 
     async def _let_uplink_catch_up(self, timeout: float) -> None:
@@ -224,6 +234,8 @@ class Gateway:
         if (new.site_id, new.gateway_id) != (old.site_id, old.gateway_id):
             raise CommandError("site_id and gateway_id cannot change while running; restart the gateway")
         restart_required = [name for name in ("uplink", "storage", "models") if getattr(new, name) != getattr(old, name)]
+        if new.access_store_path != old.access_store_path:
+            restart_required.append("access.store")
         api_live = new.api
         if (new.api.host, new.api.port, new.api.enabled) != (old.api.host, old.api.port, old.api.enabled):
             restart_required.append("api")
@@ -233,6 +245,9 @@ class Gateway:
                                              "api": api_live})
         logging.getLogger().setLevel(new.log_level.upper())
         changes = await self.supervisor.apply(new.devices)
+        if self.access is not None:
+            self.access.set_doors(new.access.doors)
+            self.access.tz = ZoneInfo(new.timezone)
         await asyncio.to_thread(self.visits.apply, new.devices)
         log.info("config reloaded: %s; restart required for: %s", changes, restart_required or "nothing")
         return {"devices": changes, "restart_required": restart_required}

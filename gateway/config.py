@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     ByteSize,
     Field,
     SecretStr,
@@ -105,6 +107,39 @@ class ModelsConfig(StrictModel):
     threads: int = Field(1, ge=1, le=16, description="onnxruntime threads per inference (a small CPU wants 1)")
 
 
+class DoorConfig(StrictModel):
+    id: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    device: str = Field(..., description="the access-control device (e.g. an osdp bus) whose reader serves this door")
+    reader: int = Field(0, ge=0, le=126, description="the reader's address on that device")
+    open_for: Duration = Field(3.0, gt=0, le=60, description="how long the door output is pulsed on a grant")
+
+
+class AccessConfig(StrictModel):
+    store: Path | None = Field(None, description="credentials and rules received by access.sync; "
+                                                 "default: access.db beside storage.path")
+    doors: list[DoorConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_door_per_reader(self) -> "AccessConfig":
+        seen: dict[tuple[str, int], str] = {}
+        for door in self.doors:
+            key = (door.device, door.reader)
+            if key in seen:
+                raise ValueError(f"doors {seen[key]} and {door.id} use the same reader {door.device}/{door.reader}")
+            seen[key] = door.id
+        if len({d.id for d in self.doors}) != len(self.doors):
+            raise ValueError("door ids must be unique")
+        return self
+
+
+def _time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (an IANA name such as Asia/Shanghai)") from None
+    return name
+
+
 class SiteConfigBase(StrictModel):
     site_id: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
     gateway_id: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -112,6 +147,9 @@ class SiteConfigBase(StrictModel):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     api: ApiConfig
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    timezone: Annotated[str, AfterValidator(_time_zone)] = Field(
+        "UTC", description="the site's IANA time zone: access time windows are in its local time")
+    access: AccessConfig = Field(default_factory=AccessConfig)
     devices: list[DeviceConfig] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -122,7 +160,14 @@ class SiteConfigBase(StrictModel):
             if device.id in seen:
                 raise ValueError(f"device id {device.id!r} is used twice")
             seen.add(device.id)
+        for door in self.access.doors:
+            if door.device not in seen:
+                raise ValueError(f"door {door.id}: no device {door.device!r} in devices")
         return self
+
+    @property
+    def access_store_path(self) -> Path:
+        return self.access.store or self.storage.path.parent / "access.db"
 
     def device(self, device_id: str) -> DeviceConfig | None:
         return next((d for d in self.devices if d.id == device_id), None)

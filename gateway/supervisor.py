@@ -78,6 +78,9 @@ class Supervisor:
         self.backoff = backoff or Backoff()
         self._tasks: dict[str, asyncio.Task] = {}
         self._configs: dict[str, DeviceConfig] = {}
+        # The live driver object of each running device, for services that command devices
+        # (the access service opening a door through its reader's driver).
+        self.drivers: dict[str, Driver] = {}
 
     async def apply(self, devices: list[DeviceConfig]) -> dict[str, list[str]]:
         """Bring the running drivers in line with a device list (start, stop, restart the changed)."""
@@ -125,15 +128,18 @@ class Supervisor:
             started = time.monotonic()
             try:
                 driver: Driver = driver_for(config.kind)(config, ctx)
+                self.drivers[config.id] = driver
                 await driver.run()
                 error = "driver stopped on its own"
             except asyncio.CancelledError:
+                self.drivers.pop(config.id, None)
                 raise
             except Exception as exc:  # any failure of one driver stays inside it
                 error = f"{type(exc).__name__}: {exc}"
                 log.error("driver %s (%s) failed: %s", config.id, config.kind, error,
                           exc_info=log.isEnabledFor(logging.DEBUG))
             self.frames.attach(config.id, None)  # a dead driver's frames must not look live
+            self.drivers.pop(config.id, None)
             self.health.set(config.id, DeviceState.ERROR, error)
             if time.monotonic() - started >= self.backoff.stable_after:
                 attempt = 0

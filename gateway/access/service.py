@@ -1,0 +1,117 @@
+"""The access service: a credential shown at a door becomes a local decision, a door pulse and events.
+
+Readers' drivers put internal `access.card_read` / `access.keypad` events on the bus. For each, the
+service finds the door the reader serves, asks the policy (credentials and rules last received by
+`access.sync`, kept in SQLite, so it decides the same with the uplink down), drives the reader
+(door output, green or red feedback) and publishes `access.granted` / `access.denied` upstream and,
+on a grant, the internal `door.opened` that points and screens react to. Credential values never
+leave the gateway: the events carry the method and a pseudonymous person id only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from ..bus import EventBus
+from ..commands import CommandError
+from ..config import DoorConfig
+from ..events import Event
+from .rules import AccessPolicy
+from .store import AccessStore, apply_to_policy, parse_sync
+from .wiegand import WiegandError, value_from_card_read
+
+log = logging.getLogger("gateway.access")
+
+
+class DoorActuator(Protocol):
+    """What a reader's driver offers the service (drivers.osdp.OsdpDriver)."""
+
+    def open_door(self, reader_address: int, seconds: float) -> None: ...
+
+    def feedback(self, reader_address: int, granted: bool) -> None: ...
+
+
+class AccessService:
+    def __init__(self, bus: EventBus, store: AccessStore, doors: list[DoorConfig], site_timezone: str,
+                 actuators: dict[str, DoorActuator]):
+        self.bus = bus
+        self.store = store
+        self.tz = ZoneInfo(site_timezone)
+        self.actuators = actuators  # device id -> running driver, kept current by the drivers themselves
+        self.policy: AccessPolicy = store.load_policy()
+        self._doors = {(d.device, d.reader): d for d in doors}
+        self.decisions = 0
+
+    def set_doors(self, doors: list[DoorConfig]) -> None:
+        self._doors = {(d.device, d.reader): d for d in doors}
+
+    # ------------------------------------------------------------------------------ reads
+
+    async def on_read(self, event: Event) -> None:
+        """Bus subscriber for `access.card_read` and `access.keypad`."""
+        reader = event.data.get("reader")
+        door = self._doors.get((event.device_id, reader))
+        if door is None:
+            log.warning("%s reader %s serves no configured door: read ignored", event.device_id, reader)
+            return
+        if event.type == "access.keypad":
+            method, value = "pin", str(event.data.get("digits", ""))
+        else:
+            method = "card"
+            try:
+                value = value_from_card_read(event.data)
+            except WiegandError as exc:  # a bad read is a denial, with the reader showing red
+                self._deny(door, method, None, f"bad_read: {exc}")
+                return
+        decision = self.policy.decide(door.id, method, value, datetime.now(timezone.utc), self.tz)
+        self.decisions += 1
+        if decision.granted:
+            self._grant(door, method, decision.person_id, decision.reason, decision.anti_passback_violation)
+        else:
+            self._deny(door, method, decision.person_id, str(decision.reason))
+
+    def _grant(self, door: DoorConfig, method: str, person_id: str | None, reason: Any,
+               anti_passback_violation: bool) -> None:
+        actuator = self.actuators.get(door.device)
+        if actuator is not None:
+            actuator.open_door(door.reader, door.open_for)
+            actuator.feedback(door.reader, True)
+        else:
+            log.error("door %s granted but its device %s is not running: door not opened", door.id, door.device)
+        data = {"door": door.id, "method": method, "person_id": person_id, "reason": str(reason)}
+        if anti_passback_violation:
+            data["anti_passback_violation"] = True
+        self.bus.publish(Event("access.granted", door.device, data))
+        self.bus.publish(Event("door.opened", door.device, {"door": door.id, "person_id": person_id,
+                                                            "method": method}, internal=True))
+        if person_id:
+            self.policy.record_passage(door.id, person_id)
+
+    def _deny(self, door: DoorConfig, method: str, person_id: str | None, reason: str) -> None:
+        actuator = self.actuators.get(door.device)
+        if actuator is not None:
+            actuator.feedback(door.reader, False)
+        self.bus.publish(Event("access.denied", door.device, {"door": door.id, "method": method,
+                                                              "person_id": person_id, "reason": reason}))
+
+    # ------------------------------------------------------------------------ access.sync
+
+    async def sync_command(self, args: dict) -> dict:
+        """The `access.sync` downlink: store first (one transaction), then swap the live policy."""
+        try:
+            sync = parse_sync(args)
+        except CommandError:
+            raise
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        result = await asyncio.to_thread(self.store.apply, sync)
+        if result.get("applied"):
+            if sync.mode == "snapshot":
+                self.policy = await asyncio.to_thread(apply_to_policy, sync, self.policy)
+            else:
+                self.policy = apply_to_policy(sync, self.policy)
+        return result
