@@ -10,7 +10,7 @@ import importlib
 
 from .base import Driver
 
-BUILTIN_MODULES = ("drivers.http_ingest", "drivers.camera")
+BUILTIN_MODULES = ("drivers.http_ingest", "drivers.camera", "drivers.osdp")
 
 _drivers: dict[str, type[Driver]] = {}
 _builtins_loaded = False

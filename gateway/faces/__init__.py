@@ -8,9 +8,20 @@ measures false-accept and false-reject rates on a site's enrolment photos to cho
 Face images and vectors never leave the gateway; only match decisions do.
 """
 
-from .align import ARCFACE_TEMPLATE, align_face, similarity_transform
-from .embed import FaceEmbedder
-from .gallery import Decision, FaceGallery, FaceMatcher, MatchPolicy, SearchResult
+import importlib
 
-__all__ = ["ARCFACE_TEMPLATE", "align_face", "similarity_transform", "FaceEmbedder", "FaceGallery",
-           "SearchResult", "MatchPolicy", "FaceMatcher", "Decision"]
+# Loaded on first use (PEP 562), so that the command line starts without OpenCV and numpy.
+_EXPORTS = {
+    "ARCFACE_TEMPLATE": "align", "align_face": "align", "similarity_transform": "align",
+    "FaceEmbedder": "embed",
+    "FaceGallery": "gallery", "SearchResult": "gallery", "MatchPolicy": "gallery", "FaceMatcher": "gallery",
+    "Decision": "gallery",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
