@@ -12,7 +12,7 @@ import pytest
 
 from simulator.brokers import MosquittoBroker, find_mosquitto
 from simulator.platform import PlatformStandIn
-from support import ENTRANCE
+from support import ENTRANCE, MODELS, need
 
 
 @pytest.fixture
@@ -43,3 +43,12 @@ def entrance_video() -> Path:
     if not ENTRANCE.exists():
         pytest.skip(f"test video {ENTRANCE} is absent (see ../shared/data/README.md)")
     return ENTRANCE
+
+
+@pytest.fixture(scope="module")
+def face_detector():
+    """YuNet from ../shared/models."""
+    from gateway.vision.detect import FaceDetector
+
+    need(MODELS / "face_detection_yunet_2026may.onnx")
+    return FaceDetector.from_model("yunet", MODELS)

@@ -7,7 +7,6 @@ real frames and photos from ../shared/data, and YuNet against OpenCV's own `cv2.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,17 +29,14 @@ from gateway.vision.detect import (
     letterbox,
     nms,
 )
+from support import MODELS, need
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-SHARED_MODELS = Path(os.environ.get("GATEWAY_MODELS_DIR") or SHARED / "models")
+SHARED_MODELS = MODELS
 VIDEO = SHARED / "data" / "video" / "entrance_one_by_one.mp4"
 FACES = SHARED / "data" / "faces"
 
 
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} is not on this machine")
-    return path
 
 
 def yolox_index(input_size: tuple[int, int], stride: int, row: int, col: int) -> int:
@@ -307,12 +303,6 @@ def test_person_detector_yolov8_feeds_rgb_in_0_to_1_and_decodes_columns():
 def person_detector() -> PersonDetector:
     need(SHARED_MODELS / "yolox_nano.onnx")
     return PersonDetector.from_model("yolox_nano", SHARED_MODELS)
-
-
-@pytest.fixture(scope="module")
-def face_detector() -> FaceDetector:
-    need(SHARED_MODELS / "face_detection_yunet_2026may.onnx")
-    return FaceDetector.from_model("yunet", SHARED_MODELS)
 
 
 @pytest.fixture(scope="module")

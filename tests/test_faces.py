@@ -7,7 +7,6 @@ vectors; the match policy with a fake clock. Measured figures are printed (run w
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -36,10 +35,10 @@ from gateway.faces.calibrate import (
     recommend,
 )
 from gateway.models import ModelManifest
-from gateway.vision.detect import FaceDetector
+from support import MODELS, need
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-SHARED_MODELS = Path(os.environ.get("GATEWAY_MODELS_DIR") or SHARED / "models")
+SHARED_MODELS = MODELS
 FACES = SHARED / "data" / "faces"
 CELEBRITIES = FACES / "celebrities_13"
 CELEBRITY_LISTING = CELEBRITIES / "identities_from_master_and_pivot_csv.txt"
@@ -53,16 +52,6 @@ RANK1_FLOOR = 0.90
 EYE_RESIDUAL_MAX_PX = 4.5
 
 
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} is not on this machine")
-    return path
-
-
-@pytest.fixture(scope="module")
-def face_detector() -> FaceDetector:
-    need(SHARED_MODELS / "face_detection_yunet_2026may.onnx")
-    return FaceDetector.from_model("yunet", SHARED_MODELS)
 
 
 @pytest.fixture(scope="module")
