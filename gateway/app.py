@@ -90,8 +90,10 @@ class Gateway:
         self.commands = CommandRouter(self._loop)
         self.commands.register("ping", self._ping)
         self.commands.register("reload-config", self._reload_command)
-        self.access = AccessService(self.bus, await asyncio.to_thread(AccessStore, self.config.access_store_path),
-                                    self.config.access.doors, self.config.timezone, self.supervisor.drivers)
+        access_store = await asyncio.to_thread(AccessStore, self.config.access_store_path)
+        policy = await asyncio.to_thread(access_store.load_policy)  # seconds for a big site: off the loop
+        self.access = AccessService(self.bus, access_store, policy, self.config.access.doors, self.config.timezone,
+                                    self.supervisor.drivers)
         self.bus.subscribe("access", self.access.on_read, ["access.card_read", "access.keypad"])
         self.commands.register("access.sync", self.access.sync_command)
         self.uplink = Uplink(self.config.uplink, site_id=self.config.site_id, gateway_id=self.config.gateway_id,

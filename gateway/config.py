@@ -111,7 +111,8 @@ class DoorConfig(StrictModel):
     id: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
     device: str = Field(..., description="the access-control device (e.g. an osdp bus) whose reader serves this door")
     reader: int = Field(0, ge=0, le=126, description="the reader's address on that device")
-    open_for: Duration = Field(3.0, gt=0, le=60, description="how long the door output is pulsed on a grant")
+    open_for: Duration | None = Field(None, gt=0, le=25.5, description="how long the door output is pulsed on a "
+                                      "grant (OSDP counts at most 25.5 s); default: the device's own setting")
 
 
 class AccessConfig(StrictModel):

@@ -25,11 +25,13 @@ class FakeReaderDriver:
         self.opened: list[tuple[int, float]] = []
         self.feedback_given: list[tuple[int, bool]] = []
 
-    def open_door(self, reader_address: int, seconds: float) -> None:
+    def open_door(self, reader_address: int, seconds: float | None) -> bool:
         self.opened.append((reader_address, seconds))
+        return True
 
-    def feedback(self, reader_address: int, granted: bool) -> None:
+    def feedback(self, reader_address: int, granted: bool) -> bool:
         self.feedback_given.append((reader_address, granted))
+        return True
 
 
 def snapshot(version: int = 1) -> dict:
@@ -54,7 +56,7 @@ def run_scenario(tmp_path, reads: list[Event], sync: dict | None = None):
         bus = EventBus()
         bus.subscribe("seen", seen.append, ["access.granted", "access.denied", "door.opened"])
         store = AccessStore(tmp_path / "access.db")
-        service = AccessService(bus, store, [DoorConfig(id="north-gate", device="osdp-bus-1", reader=0, open_for=4)],
+        service = AccessService(bus, store, store.load_policy(), [DoorConfig(id="north-gate", device="osdp-bus-1", reader=0, open_for=4)],
                                 "Asia/Shanghai", {"osdp-bus-1": reader})
         bus.subscribe("access", service.on_read, ["access.card_read", "access.keypad"])
         await bus.start()
@@ -117,7 +119,7 @@ def test_decisions_survive_a_restart_without_any_uplink(tmp_path):
         bus = EventBus()
         bus.subscribe("seen", seen.append, ["access.granted", "access.denied"])
         store = AccessStore(tmp_path / "access.db")
-        service = AccessService(bus, store, [DoorConfig(id="north-gate", device="osdp-bus-1")], "Asia/Shanghai",
+        service = AccessService(bus, store, store.load_policy(), [DoorConfig(id="north-gate", device="osdp-bus-1")], "Asia/Shanghai",
                                 {"osdp-bus-1": reader})
         bus.subscribe("access", service.on_read, ["access.card_read"])
         await bus.start()
@@ -126,4 +128,27 @@ def test_decisions_survive_a_restart_without_any_uplink(tmp_path):
         store.close()
 
     asyncio.run(restarted())
-    assert [e.type for e in seen] == ["access.granted"] and reader.opened == [(0, 3.0)]
+    assert [e.type for e in seen] == ["access.granted"] and reader.opened == [(0, None)]  # the device's pulse
+
+
+def test_a_grant_whose_door_cannot_open_is_reported_as_such(tmp_path):
+    """No running driver for the door's device: no passage is claimed, the reason says why."""
+    bits, data = encode_h10301(12, 3456)
+    seen: list[Event] = []
+
+    async def scenario():
+        bus = EventBus()
+        bus.subscribe("seen", seen.append, ["access.granted", "access.denied", "door.opened"])
+        store = AccessStore(tmp_path / "access.db")
+        service = AccessService(bus, store, store.load_policy(), [DoorConfig(id="north-gate", device="osdp-bus-1")],
+                                "Asia/Shanghai", {})
+        bus.subscribe("access", service.on_read, ["access.card_read"])
+        await bus.start()
+        await service.sync_command(snapshot())
+        bus.publish(card_read(bits, data))
+        await bus.stop()
+        store.close()
+
+    asyncio.run(scenario())
+    assert [(e.type, e.data["reason"], e.data["person_id"]) for e in seen] == [
+        ("access.denied", "door_unavailable", "res-0042")]

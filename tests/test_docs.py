@@ -33,7 +33,13 @@ except ImportError:  # pragma: no cover
 
 from drivers import registry as driver_registry  # noqa: E402
 from drivers.base import DeviceConfig  # noqa: E402
-from gateway.commands import MAX_COMMAND_ID_LENGTH, CommandError, CommandRouter, parse_command  # noqa: E402
+from gateway.access.rules import Reason  # noqa: E402
+from gateway.access.service import AccessService  # noqa: E402
+from gateway.access.store import AccessStore, SyncError, parse_sync  # noqa: E402
+from gateway.access.wiegand import encode_h10301  # noqa: E402
+from gateway.bus import EventBus  # noqa: E402
+from gateway.commands import MAX_COMMAND_ID_LENGTH, MAX_PAYLOAD_BYTES, CommandError, CommandRouter, parse_command  # noqa: E402
+from gateway.config import DoorConfig  # noqa: E402
 from gateway.config import UplinkConfig, parse_config, site_model  # noqa: E402
 from gateway.events import DEVICE_ID_PATTERN, EVENT_TYPE_PATTERN, Event, envelope_json, utc_timestamp  # noqa: E402
 from gateway.health import DeviceHealth, DeviceState  # noqa: E402
@@ -49,7 +55,8 @@ DOCS = ROOT / "docs"
 SCHEMAS = DOCS / "schemas"
 SITE, GATEWAY = "mall-sh-001", "gw-main"
 # Event types the gateway itself produces, each with a schema in docs/schemas/events/.
-GATEWAY_EVENT_TYPES = ("device.status", ALARM_EVENT_TYPE, "visit.entry", "visit.exit", "zone.dwell", "visit.counts")
+GATEWAY_EVENT_TYPES = ("device.status", ALARM_EVENT_TYPE, "visit.entry", "visit.exit", "zone.dwell", "visit.counts",
+                       "access.granted", "access.denied")
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -127,7 +134,9 @@ def stored_bodies(db_path: Path, where: str = "1", params: tuple = ()) -> list[d
 
 
 def test_docs_files_exist():
-    for name in ("architecture.md", "config.md", "mqtt.md", "vision.md", "benchmarks.md", "asyncapi.yaml",
+    for name in ("architecture.md", "config.md", "mqtt.md", "vision.md", "access.md", "benchmarks.md", "asyncapi.yaml",
+                 "schemas/commands/access.sync.schema.json", "schemas/commands/access.sync.command.schema.json",
+                 "schemas/commands/access.sync.ack.schema.json",
                  "deploy/gateway.service", "schemas/envelope.schema.json", "schemas/batch.schema.json",
                  "schemas/ack.schema.json", "schemas/status.schema.json", "schemas/command.schema.json",
                  *(f"schemas/events/{t}.schema.json" for t in GATEWAY_EVENT_TYPES)):
@@ -527,7 +536,7 @@ def test_command_schema_matches_parse_command(asyncapi: dict):
         assert_invalid("command.schema.json", bad)
         with pytest.raises(ValueError):
             parse_command(json.dumps(bad).encode())
-    assert asyncapi["components"]["parameters"]["command"]["enum"] == ["ping", "reload-config"]
+    assert asyncapi["components"]["parameters"]["command"]["enum"] == ["access.sync", "ping", "reload-config"]
 
 
 def test_real_status_payloads_validate(tmp_path: Path):
@@ -545,6 +554,220 @@ def test_real_status_payloads_validate(tmp_path: Path):
     for payload in (uplink._status(online=True), uplink._status(online=False, reason="connection lost"),
                     uplink._status(online=False, reason="stopped")):
         assert_valid("status.schema.json", json.loads(json.dumps(payload)))
+
+
+# ------------------------------------------------------------------------------ access control
+#
+# Real access events: the real AccessService with a real EventBus and AccessStore (SQLite in
+# tmp_path) gets a snapshot through its access.sync handler, then card reads (internal
+# access.card_read events, as drivers/osdp.py emits them) and keypad entries. Only the reader's
+# driver is a stand-in: it records what the service asks of it.
+
+ACCESS_DEVICE = "osdp-bus-1"
+ALL_WEEK = [{"day": d, "start": "00:00", "end": "24:00"} for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")]
+
+
+class RecordingReaderDriver:
+    def __init__(self):
+        self.opened: list[tuple[int, float]] = []
+        self.feedback_given: list[tuple[int, bool]] = []
+
+    def open_door(self, reader_address: int, seconds: float | None) -> bool:
+        self.opened.append((reader_address, seconds))
+        return True
+
+    def feedback(self, reader_address: int, granted: bool) -> bool:
+        self.feedback_given.append((reader_address, granted))
+        return True
+
+
+def access_snapshot(version: int = 1) -> dict:
+    return {
+        "version": version, "mode": "snapshot",
+        "persons": [{"person_id": "res-0042", "groups": ["residents"]},
+                    {"person_id": "res-0077", "groups": ["residents"]},
+                    {"person_id": "staff-7", "groups": ["staff"]}],
+        "credentials": [
+            {"kind": "card", "value": "h10301:12:3456", "person_id": "res-0042"},
+            {"kind": "pin", "value": "2468", "person_id": "res-0042"},
+            {"kind": "card", "value": "h10301:12:5000", "person_id": "res-0077",
+             "valid_until": "2020-01-01T00:00:00+08:00"},
+            {"kind": "card", "value": "h10301:12:6000", "person_id": "staff-7"},
+            {"kind": "pin", "value": "1357", "person_id": "staff-7"}],
+        "rules": [{"rule_id": "residents-gate", "door_id": "north-gate", "group": "residents", "windows": ALL_WEEK,
+                   "methods": ["card", "pin"]},
+                  {"rule_id": "staff-side", "door_id": "side-door", "group": "staff", "windows": ALL_WEEK,
+                   "methods": ["card"]}],
+        "anti_passback": [{"entry_door": "north-gate", "exit_door": "side-door", "mode": "soft"}],
+    }
+
+
+def card_read_event(facility: int, card: int, reader: int = 0, *, flip_bit: bool = False) -> Event:
+    bits, data = encode_h10301(facility, card)
+    if flip_bit:
+        data = bytes([data[0], data[1] ^ 0x10, *data[2:]])  # one flipped bit: the parity check fails
+    return Event("access.card_read", ACCESS_DEVICE, {"reader": reader, "reader_name": f"reader-{reader}",
+                                                     "format": "wiegand", "bits": bits, "data": data.hex()},
+                 internal=True)
+
+
+def keypad_event(digits: str, reader: int = 0) -> Event:
+    return Event("access.keypad", ACCESS_DEVICE, {"reader": reader, "reader_name": f"reader-{reader}",
+                                                  "digits": digits}, internal=True)
+
+
+def access_service(bus: EventBus, store: AccessStore, reader: RecordingReaderDriver) -> AccessService:
+    doors = [DoorConfig(id="north-gate", device=ACCESS_DEVICE, reader=0, open_for=4),
+             DoorConfig(id="side-door", device=ACCESS_DEVICE, reader=1)]
+    return AccessService(bus, store, store.load_policy(), doors, "Asia/Shanghai", {ACCESS_DEVICE: reader})
+
+
+def test_real_access_events_validate(tmp_path: Path):
+    reader = RecordingReaderDriver()
+    seen: list[Event] = []
+
+    async def scenario() -> dict:
+        bus = EventBus()
+        bus.subscribe("seen", seen.append, ["access.granted", "access.denied", "door.opened"])
+        with AccessStore(tmp_path / "access.db") as store:
+            service = access_service(bus, store, reader)
+            bus.subscribe("access", service.on_read, ["access.card_read", "access.keypad"])
+            await bus.start()
+            ack_result = await service.sync_command(access_snapshot())
+            for event in (card_read_event(12, 3456),                 # granted
+                          card_read_event(12, 3456),                 # granted again: soft anti-passback flag
+                          keypad_event("2468"),                      # a PIN, granted (flagged too)
+                          card_read_event(12, 9999),                 # unknown card
+                          card_read_event(12, 3456, flip_bit=True),  # bad read
+                          card_read_event(12, 5000),                 # expired card: person known
+                          card_read_event(12, 6000),                 # staff at the residents' gate: no rule
+                          keypad_event("1357", reader=1),            # staff PIN where only cards are allowed
+                          card_read_event(12, 3456, reader=1)):      # resident at the staff door: no rule
+                bus.publish(event)
+            await bus.stop()
+        return ack_result
+
+    ack_result = asyncio.run(scenario())
+    assert ack_result["applied"] is True
+    assert_valid("commands/access.sync.ack.schema.json",
+                 {"command_id": "c-1", "ok": True, "error": None, "result": ack_result})
+
+    decisions = [e for e in seen if e.type in ("access.granted", "access.denied")]
+    assert [(e.type, e.data["reason"].split(":")[0]) for e in decisions] == [
+        ("access.granted", "granted"), ("access.granted", "granted"), ("access.granted", "granted"),
+        ("access.denied", "unknown_credential"), ("access.denied", "bad_read"),
+        ("access.denied", "credential_expired"), ("access.denied", "no_rule_for_door"),
+        ("access.denied", "method_not_allowed"), ("access.denied", "no_rule_for_door")]
+    assert decisions[1].data.get("anti_passback_violation") is True
+    assert decisions[3].data["person_id"] is None and decisions[5].data["person_id"] == "res-0077"
+    for seq, event in enumerate(decisions, 1):
+        assert not event.internal
+        envelope = json.loads(envelope_json(event, site_id=SITE, gateway_id=GATEWAY, seq=seq))
+        assert_valid_event(envelope)
+        assert envelope["device_id"] == ACCESS_DEVICE
+        assert "3456" not in json.dumps(envelope["data"]) and "2468" not in json.dumps(envelope["data"])
+    # door.opened is internal: it has no schema and never goes up.
+    opened = [e for e in seen if e.type == "door.opened"]
+    assert len(opened) == 3 and all(e.internal for e in opened) and event_schema_file("door.opened") is None
+    assert reader.opened == [(0, 4.0)] * 3
+    assert reader.feedback_given.count((0, True)) == 3
+
+    # The denied schema lists exactly the refusal reasons of the code.
+    denied = load_json(SCHEMAS / "events" / "access.denied.schema.json")["properties"]["data"]["properties"]
+    assert denied["reason"]["anyOf"][0]["enum"] == [r.value for r in Reason if r is not Reason.GRANTED]
+    granted = load_json(SCHEMAS / "events" / "access.granted.schema.json")["properties"]["data"]["properties"]
+    assert granted["reason"]["const"] == Reason.GRANTED.value
+    # A card number in an event is refused by the schema.
+    wrong = json.loads(envelope_json(Event("access.granted", ACCESS_DEVICE, {
+        "door": "north-gate", "method": "card", "person_id": "res-0042", "reason": "granted",
+        "card": "h10301:12:3456"}), site_id=SITE, gateway_id=GATEWAY, seq=1))
+    assert_invalid("events/access.granted.schema.json", wrong)
+
+
+def test_access_sync_schema_matches_parse_sync(asyncapi: dict):
+    schema_file = "commands/access.sync.schema.json"
+    accepted = [access_snapshot(), *load_json(SCHEMAS / schema_file)["examples"]]
+    accepted += [m["payload"]["args"] for m in asyncapi["components"]["messages"]["accessSync"]["examples"]]
+    accepted += [ex["args"] for ex in load_json(SCHEMAS / "commands/access.sync.command.schema.json")["examples"]]
+    for message in accepted:
+        assert_valid(schema_file, message)
+        parse_sync(message)
+    for example in asyncapi["components"]["messages"]["accessSync"]["examples"]:
+        assert_valid("commands/access.sync.command.schema.json", example["payload"])
+        parse_command(json.dumps(example["payload"]).encode())
+
+    rule = access_snapshot()["rules"][0]
+    refused = [
+        {"version": 0, "mode": "snapshot"},
+        {"version": "1", "mode": "snapshot"},
+        {"version": 1, "mode": "full"},
+        {"version": 1, "mode": "snapshot", "extra": True},
+        {"version": 1, "mode": "snapshot", "remove": {"persons": ["res-0042"]}},
+        {"version": 1, "mode": "delta", "credentials": [{"kind": "iris", "value": "x", "person_id": "p"}]},
+        {"version": 1, "mode": "delta", "rules": [{**rule, "person_id": "res-0042"}]},  # group and person
+        {"version": 1, "mode": "delta", "rules": [{**rule, "windows": []}]},
+        {"version": 1, "mode": "delta", "rules": [{**rule, "windows": [{"day": "mon", "start": "08:00",
+                                                                         "end": "25:00"}]}]},
+        {"version": 1, "mode": "delta", "rules": [{**rule, "methods": []}]},
+        {"version": 1, "mode": "delta", "persons": [{"person_id": ""}]},
+        {"version": 1, "mode": "delta", "persons": [{"person_id": "p", "valid_from": "2026-11-22T08:00:00"}]},
+        {"version": 1, "mode": "delta", "anti_passback": [{"entry_door": "a", "exit_door": "b", "mode": "warn"}]},
+    ]
+    for message in refused:
+        assert_invalid(schema_file, message)
+        with pytest.raises(SyncError):
+            parse_sync(message)
+
+
+def test_real_access_sync_acks_validate(tmp_path: Path, loop_thread: asyncio.AbstractEventLoop):
+    store = AccessStore(tmp_path / "access.db")
+    service = access_service(EventBus(), store, RecordingReaderDriver())
+    router = CommandRouter(loop_thread, timeout=30)
+    router.register("access.sync", service.sync_command)
+    acks: list[dict] = []
+    done = threading.Semaphore(0)
+
+    def reply(ack: dict) -> None:
+        acks.append(json.loads(json.dumps(ack, default=str)))
+        done.release()
+
+    delta = {"version": 2, "mode": "delta", "remove": {"credentials": ["h10301:12:5000"]}}
+    cases = [
+        ("c-1", access_snapshot(1)),
+        ("c-2", access_snapshot(1)),                   # the current version again: applied false
+        ("c-3", {**delta, "version": 3}),              # a delta that skips a version: refused
+        ("c-4", delta),                                # the next delta
+        ("c-5", access_snapshot(1)),                   # lower than the current version: refused
+        ("c-6", access_snapshot(9)),                   # a snapshot may jump
+        ("c-7", {"version": 10, "mode": "delta", "credentials": [
+            {"kind": "card", "value": "h10301:1:1", "person_id": "nobody"}]}),  # inconsistent: refused
+    ]
+    try:
+        for command_id, args in cases:
+            router.dispatch("access.sync", json.dumps({"command_id": command_id, "args": args}).encode(), reply)
+            assert done.acquire(timeout=30), f"no ack for {command_id}"
+        # Over the command payload limit: refused before it reaches the store (split the set).
+        big = access_snapshot(20)
+        big["persons"] += [{"person_id": f"p-{i:07d}", "groups": ["residents"]} for i in range(25000)]
+        payload = json.dumps({"command_id": "c-8", "args": big}).encode()
+        assert len(payload) > MAX_PAYLOAD_BYTES
+        router.dispatch("access.sync", payload, reply)
+        assert done.acquire(timeout=30)
+    finally:
+        store.close()
+    for ack in acks:
+        assert_valid("ack.schema.json", ack)
+        assert_valid("commands/access.sync.ack.schema.json", ack)
+    assert [a["ok"] for a in acks] == [True, True, False, True, False, True, False, False]
+    assert acks[0]["result"]["applied"] is True and acks[1]["result"]["applied"] is False
+    assert acks[1]["result"]["version"] == 1
+    assert "expected version 2" in acks[2]["error"] and "expected version 3" in acks[4]["error"]
+    assert acks[5]["result"] == {"version": 9, "applied": True, "persons": 3, "credentials": 5, "rules": 2,
+                                 "anti_passback": 1}
+    assert acks[7]["error"].startswith("malformed command: payload larger than")
+    assert_invalid("commands/access.sync.ack.schema.json",
+                   {"command_id": "c", "ok": True, "error": None, "result": {"version": 1}})
+
 
 
 # --------------------------------------------------------------------------------- asyncapi

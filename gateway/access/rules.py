@@ -57,6 +57,9 @@ class Reason(StrEnum):
     OUTSIDE_VALID_DATES = "outside_valid_dates"
     OUTSIDE_TIME_WINDOW = "outside_time_window"
     ANTI_PASSBACK = "anti_passback"
+    # Decided by the access service, not the rules: the person may pass but the door's reader
+    # could not be told to open (its device is not running or refused the command).
+    DOOR_UNAVAILABLE = "door_unavailable"
 
 
 class _Frozen(StrictModel):

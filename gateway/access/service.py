@@ -30,19 +30,19 @@ log = logging.getLogger("gateway.access")
 class DoorActuator(Protocol):
     """What a reader's driver offers the service (drivers.osdp.OsdpDriver)."""
 
-    def open_door(self, reader_address: int, seconds: float) -> None: ...
+    def open_door(self, reader_address: int, seconds: float | None) -> bool: ...
 
-    def feedback(self, reader_address: int, granted: bool) -> None: ...
+    def feedback(self, reader_address: int, granted: bool) -> bool: ...
 
 
 class AccessService:
-    def __init__(self, bus: EventBus, store: AccessStore, doors: list[DoorConfig], site_timezone: str,
-                 actuators: dict[str, DoorActuator]):
+    def __init__(self, bus: EventBus, store: AccessStore, policy: AccessPolicy, doors: list[DoorConfig],
+                 site_timezone: str, actuators: dict[str, DoorActuator]):
         self.bus = bus
         self.store = store
         self.tz = ZoneInfo(site_timezone)
-        self.actuators = actuators  # device id -> running driver, kept current by the drivers themselves
-        self.policy: AccessPolicy = store.load_policy()
+        self.actuators = actuators  # device id -> running driver (the supervisor keeps it current)
+        self.policy = policy  # store.load_policy(), loaded by the caller off the event loop
         self._doors = {(d.device, d.reader): d for d in doors}
         self.decisions = 0
 
@@ -77,11 +77,18 @@ class AccessService:
     def _grant(self, door: DoorConfig, method: str, person_id: str | None, reason: Any,
                anti_passback_violation: bool) -> None:
         actuator = self.actuators.get(door.device)
-        if actuator is not None:
-            actuator.open_door(door.reader, door.open_for)
-            actuator.feedback(door.reader, True)
-        else:
-            log.error("door %s granted but its device %s is not running: door not opened", door.id, door.device)
+        try:
+            opened = actuator is not None and bool(actuator.open_door(door.reader, door.open_for))
+        except Exception as exc:  # a driver refusing (unknown reader address, port gone)
+            log.error("door %s: opening failed: %s", door.id, exc)
+            opened = False
+        if not opened:
+            # Allowed, but nothing opened: say so, rather than report a passage that did not happen.
+            log.error("door %s: granted to %s but its device %s did not take the open command", door.id,
+                      person_id, door.device)
+            self._deny(door, method, person_id, "door_unavailable")
+            return
+        actuator.feedback(door.reader, True)
         data = {"door": door.id, "method": method, "person_id": person_id, "reason": str(reason)}
         if anti_passback_violation:
             data["anti_passback_violation"] = True
@@ -94,7 +101,10 @@ class AccessService:
     def _deny(self, door: DoorConfig, method: str, person_id: str | None, reason: str) -> None:
         actuator = self.actuators.get(door.device)
         if actuator is not None:
-            actuator.feedback(door.reader, False)
+            try:
+                actuator.feedback(door.reader, False)
+            except Exception as exc:
+                log.warning("door %s: red feedback failed: %s", door.id, exc)
         self.bus.publish(Event("access.denied", door.device, {"door": door.id, "method": method,
                                                               "person_id": person_id, "reason": reason}))
 
