@@ -18,8 +18,24 @@ from gateway.config import ConfigError, SiteConfigBase, load_config
 
 from .brokers import EmbeddedBroker
 from .camera import MjpegCamera
+from .devices.cardholders import CardHolders, staff_access_sync
+from .osdp_reader import VirtualOsdpReader
 from .devices import GatewayEndpoints, VirtualDevice, virtual_device_for
 from .platform import PlatformStandIn
+
+
+def _serve_readers(config: SiteConfigBase) -> tuple[SiteConfigBase, dict[str, VirtualOsdpReader]]:
+    """Each OSDP bus gets a virtual reader (its first configured one) on a pseudo-terminal."""
+    readers, devices = {}, []
+    for device in config.devices:
+        if device.kind == "osdp" and device.readers:
+            first = device.readers[0]
+            reader = VirtualOsdpReader(first.address, scbk=bytes.fromhex(first.scbk) if first.scbk else None).start()
+            readers[device.id] = reader
+            print(f"virtual OSDP reader {device.id}/{first.address} on {reader.port}", flush=True)
+            device = device.model_copy(update={"port": reader.port})
+        devices.append(device)
+    return config.model_copy(update={"devices": devices}), readers
 
 
 def _serve_cameras(config: SiteConfigBase) -> tuple[SiteConfigBase, list[MjpegCamera]]:
@@ -63,14 +79,16 @@ class Summary:
         produced = sum(d.produced for d in self.devices) + gw.bus.published
         uplink = "up" if gw.uplink and gw.uplink.connected else ("stopped" if not gw.running.is_set() else "DOWN")
         visits = self.platform.count(type="visit.entry", site_id=cfg.site_id, gateway_id=cfg.gateway_id)
+        granted = self.platform.count(type="access.granted", site_id=cfg.site_id, gateway_id=cfg.gateway_id)
+        denied = self.platform.count(type="access.denied", site_id=cfg.site_id, gateway_id=cfg.gateway_id)
         exits = self.platform.count(type="visit.exit", site_id=cfg.site_id, gateway_id=cfg.gateway_id)
         return (f"[{time.monotonic() - self.started:6.0f}s] produced {produced:6d} | stored {stats.counters.get('accepted', 0):6d}"
                 f" | delivered {delivered:6d} | backlog {stats.backlog_events:5d} | devices online"
-                f" {health['online']}/{health['total']} | people in {visits} out {exits} | uplink {uplink}")
+                f" {health['online']}/{health['total']} | people in {visits} out {exits} | doors opened {granted} denied {denied} | uplink {uplink}")
 
 
 async def _run(gateway: Gateway, platform: PlatformStandIn, duration: float | None,
-               cameras: int = 0) -> list[VirtualDevice]:
+               cameras: int = 0, readers: dict[str, VirtualOsdpReader] | None = None) -> list[VirtualDevice]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, gateway.request_stop)
@@ -82,6 +100,12 @@ async def _run(gateway: Gateway, platform: PlatformStandIn, duration: float | No
 
     endpoints = GatewayEndpoints(f"http://127.0.0.1:{gateway.api_port}", gateway.config.api.token.get_secret_value())
     devices = [d.start() for d in (virtual_device_for(c, endpoints) for c in gateway.config.devices) if d]
+    for door in gateway.config.access.doors:  # the platform sends the staff list, then people swipe
+        if door.device in (readers or {}):
+            cfg = gateway.config
+            await asyncio.to_thread(platform.wait_ack, platform.send_command(
+                cfg.site_id, cfg.gateway_id, "access.sync", staff_access_sync(door.id)), 15)
+            devices.append(CardHolders(door.device, readers[door.device]).start())
     summary = Summary(gateway, platform, devices)
     tty = sys.stdout.isatty()
     print(f"demo site {gateway.config.site_id}: gateway API http://127.0.0.1:{gateway.api_port}/docs, "
@@ -126,12 +150,15 @@ def run_demo(config_path: Path, broker: str | None, duration: float | None, data
     platform = PlatformStandIn(host, port_number, data_dir / "platform.db", topic_prefix=config.uplink.topic_prefix,
                                protocol=protocol).start()
     config, cameras = _serve_cameras(config)
+    config, readers = _serve_readers(config)
     gateway = Gateway(_demo_config(config, host, port_number, protocol, data_dir, api_port))
     try:
-        asyncio.run(_run(gateway, platform, duration, len(cameras)))
+        asyncio.run(_run(gateway, platform, duration, len(cameras), readers))
     finally:
         for camera in cameras:
             camera.stop()
+        for reader in readers.values():
+            reader.stop()
         platform.stop()
         if embedded:
             embedded.stop()

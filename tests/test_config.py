@@ -85,7 +85,7 @@ def test_demo_mall_values():
     assert config.uplink.linger == pytest.approx(0.05)
     assert int(config.storage.max_bytes) == 2 * 1024**3
     assert config.storage.max_age == 30 * 86400
-    assert [d.id for d in config.devices] == ["parking-b2", "parking-b3", "cam-entrance-1"]
+    assert [d.id for d in config.devices] == ["parking-b2", "parking-b3", "cam-entrance-1", "osdp-staff"]
     assert config.devices[0].stale_after == 120
 
 

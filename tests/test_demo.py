@@ -24,7 +24,9 @@ def test_demo_runs_a_site_end_to_end_and_stops(tmp_path):
     assert int(numbers["delivered"]) == int(numbers["stored"])  # everything stored reached the platform
     assert int(numbers["backlog"]) == 0
     online, total = map(int, re.search(r"devices online (\d+)/(\d+)", final[0]).groups())
-    assert total == 3  # two car parks and the entrance camera
+    assert total == 4  # two car parks, the entrance camera and the staff entrance's card reader bus
     # The camera plays ../shared/data/video (always there in CI); without it, it is rightly offline.
-    assert online == (3 if (ROOT.parent / "shared" / "data" / "video").exists() else 2)
+    assert online == (4 if (ROOT.parent / "shared" / "data" / "video").exists() else 3)
+    doors = dict(re.findall(r"doors (opened|denied) (\d+)", final[0]))
+    assert int(doors["opened"]) + int(doors["denied"]) >= 1  # a card was swiped and decided
     assert "Traceback" not in result.stderr
