@@ -75,7 +75,7 @@ def test_there_are_two_example_configs():
 def test_example_configs_validate(path):
     config = load_config(path, env={})
     assert config.site_id and config.gateway_id
-    assert config.devices and {d.kind for d in config.devices} <= {"http_ingest", "camera"}
+    assert config.devices and {d.kind for d in config.devices} <= {"http_ingest", "camera", "osdp"}
     assert config.api.token.get_secret_value() == "demo-token-change-me-0123456789"  # the ${..:-default}
 
 

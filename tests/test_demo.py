@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_demo_runs_a_site_end_to_end_and_stops(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "demo", "--duration", "8", "--api-port", "0",
+        [sys.executable, "-m", "gateway", "demo", "--duration", "14", "--api-port", "0",
          "--data-dir", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
@@ -27,6 +27,6 @@ def test_demo_runs_a_site_end_to_end_and_stops(tmp_path):
     assert total == 4  # two car parks, the entrance camera and the staff entrance's card reader bus
     # The camera plays ../shared/data/video (always there in CI); without it, it is rightly offline.
     assert online == (4 if (ROOT.parent / "shared" / "data" / "video").exists() else 3)
-    doors = dict(re.findall(r"doors (opened|denied) (\d+)", final[0]))
-    assert int(doors["opened"]) + int(doors["denied"]) >= 1  # a card was swiped and decided
+    opened, denied = map(int, re.search(r"doors opened (\d+) denied (\d+)", final[0]).groups())
+    assert opened + denied >= 1  # a card was swiped at the staff entrance and decided
     assert "Traceback" not in result.stderr
