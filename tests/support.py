@@ -30,3 +30,22 @@ def need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not on this machine (see ../shared/README.md)")
     return path
+
+
+ALL_WEEK = [{"day": d, "start": "00:00", "end": "24:00"} for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")]
+
+
+class FakeReaderDriver:
+    """Records what the access service asks of a reader's driver (the OSDP driver in production)."""
+
+    def __init__(self):
+        self.opened: list[tuple[int, float | None]] = []
+        self.feedback_given: list[tuple[int, bool]] = []
+
+    def open_door(self, reader_address: int, seconds: float | None) -> bool:
+        self.opened.append((reader_address, seconds))
+        return True
+
+    def feedback(self, reader_address: int, granted: bool) -> bool:
+        self.feedback_given.append((reader_address, granted))
+        return True

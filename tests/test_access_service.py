@@ -13,25 +13,9 @@ from gateway.bus import EventBus
 from gateway.commands import CommandError
 from gateway.config import DoorConfig
 from gateway.events import Event
+from support import ALL_WEEK, FakeReaderDriver
 
-ALL_WEEK = [{"day": d, "start": "00:00", "end": "24:00"} for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")]
 RESIDENT_CARD = "h10301:12:3456"
-
-
-class FakeReaderDriver:
-    """Records what the service asks of a reader's driver (the OSDP driver in production)."""
-
-    def __init__(self):
-        self.opened: list[tuple[int, float]] = []
-        self.feedback_given: list[tuple[int, bool]] = []
-
-    def open_door(self, reader_address: int, seconds: float | None) -> bool:
-        self.opened.append((reader_address, seconds))
-        return True
-
-    def feedback(self, reader_address: int, granted: bool) -> bool:
-        self.feedback_given.append((reader_address, granted))
-        return True
 
 
 def snapshot(version: int = 1) -> dict:

@@ -49,6 +49,7 @@ from gateway.validation import parse_duration  # noqa: E402
 from gateway.vision.detect import Detections  # noqa: E402
 from gateway.vision.pipeline import CameraAnalytics  # noqa: E402
 from gateway.vision.settings import AnalyticsSettings, LineSettings, ZoneSettings  # noqa: E402
+from support import ALL_WEEK, FakeReaderDriver  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -564,21 +565,6 @@ def test_real_status_payloads_validate(tmp_path: Path):
 # driver is a stand-in: it records what the service asks of it.
 
 ACCESS_DEVICE = "osdp-bus-1"
-ALL_WEEK = [{"day": d, "start": "00:00", "end": "24:00"} for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")]
-
-
-class RecordingReaderDriver:
-    def __init__(self):
-        self.opened: list[tuple[int, float]] = []
-        self.feedback_given: list[tuple[int, bool]] = []
-
-    def open_door(self, reader_address: int, seconds: float | None) -> bool:
-        self.opened.append((reader_address, seconds))
-        return True
-
-    def feedback(self, reader_address: int, granted: bool) -> bool:
-        self.feedback_given.append((reader_address, granted))
-        return True
 
 
 def access_snapshot(version: int = 1) -> dict:
@@ -616,14 +602,14 @@ def keypad_event(digits: str, reader: int = 0) -> Event:
                                                   "digits": digits}, internal=True)
 
 
-def access_service(bus: EventBus, store: AccessStore, reader: RecordingReaderDriver) -> AccessService:
+def access_service(bus: EventBus, store: AccessStore, reader: FakeReaderDriver) -> AccessService:
     doors = [DoorConfig(id="north-gate", device=ACCESS_DEVICE, reader=0, open_for=4),
              DoorConfig(id="side-door", device=ACCESS_DEVICE, reader=1)]
     return AccessService(bus, store, store.load_policy(), doors, "Asia/Shanghai", {ACCESS_DEVICE: reader})
 
 
 def test_real_access_events_validate(tmp_path: Path):
-    reader = RecordingReaderDriver()
+    reader = FakeReaderDriver()
     seen: list[Event] = []
 
     async def scenario() -> dict:
@@ -721,7 +707,7 @@ def test_access_sync_schema_matches_parse_sync(asyncapi: dict):
 
 def test_real_access_sync_acks_validate(tmp_path: Path, loop_thread: asyncio.AbstractEventLoop):
     store = AccessStore(tmp_path / "access.db")
-    service = access_service(EventBus(), store, RecordingReaderDriver())
+    service = access_service(EventBus(), store, FakeReaderDriver())
     router = CommandRouter(loop_thread, timeout=30)
     router.register("access.sync", service.sync_command)
     acks: list[dict] = []
