@@ -41,7 +41,6 @@ class CameraDriver(Driver):
         from gateway.vision.capture import FrameGrabber  # OpenCV loads only when a camera runs
 
         settings: CameraSettings = self.settings  # type: ignore[assignment]
-        loop = asyncio.get_running_loop()
 
         def on_state(state: str, error: str | None) -> None:  # called in the grabber's thread
             if state == "streaming":
@@ -60,4 +59,4 @@ class CameraDriver(Driver):
             raise RuntimeError(f"capture thread stopped: {grabber.last_error or 'no reason given'}")
         finally:
             self.ctx.offer_frames(None)
-            await loop.run_in_executor(None, grabber.stop)
+            await asyncio.to_thread(grabber.stop)

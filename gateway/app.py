@@ -16,7 +16,6 @@ import logging
 import time
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import uvicorn
 
@@ -248,8 +247,7 @@ class Gateway:
         logging.getLogger().setLevel(new.log_level.upper())
         changes = await self.supervisor.apply(new.devices)
         if self.access is not None:
-            self.access.set_doors(new.access.doors)
-            self.access.tz = ZoneInfo(new.timezone)
+            self.access.reconfigure(new.access.doors, new.timezone)
         await asyncio.to_thread(self.visits.apply, new.devices)
         log.info("config reloaded: %s; restart required for: %s", changes, restart_required or "nothing")
         return {"devices": changes, "restart_required": restart_required}

@@ -305,7 +305,7 @@ def format_location(loc: tuple) -> str:
     return text
 
 
-def _problem_from_pydantic(error: dict, kinds: set[str], lines: dict[tuple, int]) -> tuple[tuple, str]:
+def _problem_from_pydantic(error: dict, kinds: set[str]) -> tuple[tuple, str]:
     loc = list(error["loc"])
     # A tagged union puts the tag into the location (devices.2.http_ingest.port): drop it.
     for i in range(len(loc) - 2):
@@ -373,7 +373,7 @@ def parse_config(text: str, source: str = "<config>", env: dict[str, str] | None
         config = site_model().model_validate(data)
     except ValidationError as exc:
         for error in exc.errors():
-            path, message = _problem_from_pydantic(error, set(kinds), lines)
+            path, message = _problem_from_pydantic(error, set(kinds))
             problems.append(ConfigProblem(format_location(path), message, _nearest_line(path, lines)))
         config = None
     if problems:

@@ -120,11 +120,7 @@ def envelope_parts(event: Event, *, site_id: str, gateway_id: str) -> tuple[byte
     return head[:-1] + b',"seq":', b',"data":' + data + b"}"
 
 
-def envelope_bytes(event: Event, *, site_id: str, gateway_id: str, seq: int) -> bytes:
-    head, tail = envelope_parts(event, site_id=site_id, gateway_id=gateway_id)
-    return head + str(seq).encode() + tail
-
-
 def envelope_json(event: Event, *, site_id: str, gateway_id: str, seq: int) -> str:
-    """The envelope as compact JSON text, the form kept in the outbox and sent upstream."""
-    return envelope_bytes(event, site_id=site_id, gateway_id=gateway_id, seq=seq).decode("utf-8")
+    """The envelope as compact JSON text (the outbox keeps it as UTF-8 bytes of the same text)."""
+    head, tail = envelope_parts(event, site_id=site_id, gateway_id=gateway_id)
+    return (head + str(seq).encode() + tail).decode("utf-8")

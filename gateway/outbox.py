@@ -30,7 +30,7 @@ from typing import Callable, Iterable, NamedTuple
 
 import sqlite_utils
 
-from .events import Event, Priority, envelope_parts, stream_of
+from .events import Event, Priority, envelope_parts
 
 log = logging.getLogger("gateway.outbox")
 
@@ -480,4 +480,4 @@ class Outbox:
         )
 
 
-__all__ = ["Accepted", "Outbox", "OutboxClosed", "OutboxStats", "PendingRow", "PriorityRules", "stream_of"]
+__all__ = ["Accepted", "Outbox", "OutboxClosed", "OutboxStats", "PendingRow", "PriorityRules"]

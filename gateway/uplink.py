@@ -50,7 +50,6 @@ class UplinkStats:
     events_acknowledged: int = 0
     commands_received: int = 0
     last_error: str | None = None
-    connected_since: str | None = None
 
 
 class Topics:
@@ -298,7 +297,6 @@ class Uplink:
         conn.cursor = 0  # everything still in the outbox goes (again) on this connection
         self.stats.connected = True
         self.stats.connects += 1
-        self.stats.connected_since = utc_timestamp()
         self.stats.last_error = None
         conn.client.subscribe(self.topics.down, qos=1)
         self._publish_status(conn.client)

@@ -50,7 +50,6 @@ class CameraWorker:
     error: str | None = None
     limiter: FpsLimiter | None = None
     last_image: np.ndarray | None = None
-    last_frame_at: float | None = None
     frame_size: tuple[int, int] | None = None
     interval_start: str = field(default_factory=utc_timestamp)
     next_counts: float = 0.0
@@ -195,7 +194,7 @@ class VisitService:
             last_index = frame.index
             if not worker.limiter.due(time.monotonic()):
                 continue
-            worker.last_image, worker.last_frame_at = frame.image, time.time()
+            worker.last_image = frame.image
             worker.frame_size = (frame.image.shape[1], frame.image.shape[0])
             if detector is None:
                 continue

@@ -17,7 +17,6 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from ..bus import EventBus
-from ..commands import CommandError
 from ..config import DoorConfig
 from ..events import Event
 from .rules import AccessPolicy
@@ -40,14 +39,15 @@ class AccessService:
                  site_timezone: str, actuators: dict[str, DoorActuator]):
         self.bus = bus
         self.store = store
-        self.tz = ZoneInfo(site_timezone)
         self.actuators = actuators  # device id -> running driver (the supervisor keeps it current)
         self.policy = policy  # store.load_policy(), loaded by the caller off the event loop
-        self._doors = {(d.device, d.reader): d for d in doors}
+        self.reconfigure(doors, site_timezone)
         self.decisions = 0
 
-    def set_doors(self, doors: list[DoorConfig]) -> None:
+    def reconfigure(self, doors: list[DoorConfig], site_timezone: str) -> None:
+        """A reload: doors and the site's time zone apply at once."""
         self._doors = {(d.device, d.reader): d for d in doors}
+        self.tz = ZoneInfo(site_timezone)
 
     # ------------------------------------------------------------------------------ reads
 
@@ -112,12 +112,7 @@ class AccessService:
 
     async def sync_command(self, args: dict) -> dict:
         """The `access.sync` downlink: store first (one transaction), then swap the live policy."""
-        try:
-            sync = parse_sync(args)
-        except CommandError:
-            raise
-        except ValueError as exc:
-            raise CommandError(str(exc)) from None
+        sync = parse_sync(args)  # SyncError (a CommandError) for a malformed or unordered message
         result = await asyncio.to_thread(self.store.apply, sync)
         if result.get("applied"):
             if sync.mode == "snapshot":
