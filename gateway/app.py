@@ -20,7 +20,7 @@ from typing import Any
 import uvicorn
 
 from . import __version__
-from .access.service import AccessService
+from .access.service import READ_EVENT_TYPES, AccessService
 from .access.store import AccessStore
 from .api import create_app
 from .bus import EventBus
@@ -72,6 +72,7 @@ class Gateway:
         self.api_server: _EmbeddedServer | None = None
         self.api_port: int | None = None
         self._stop: asyncio.Event | None = None
+        self._background: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.running = asyncio.Event()
 
@@ -92,8 +93,10 @@ class Gateway:
         access_store = await asyncio.to_thread(AccessStore, self.config.access_store_path)
         policy = await asyncio.to_thread(access_store.load_policy)  # seconds for a big site: off the loop
         self.access = AccessService(self.bus, access_store, policy, self.config.access.doors, self.config.timezone,
-                                    self.supervisor.drivers)
-        self.bus.subscribe("access", self.access.on_read, ["access.card_read", "access.keypad"])
+                                    self.supervisor.drivers, self.config.access.keep_events)
+        await asyncio.to_thread(self.access.load_seen)
+        self.bus.subscribe("access", self.access.on_read, READ_EVENT_TYPES)
+        self._background.append(asyncio.create_task(self.access.run_housekeeping(), name="access-log"))
         self.commands.register("access.sync", self.access.sync_command)
         self.uplink = Uplink(self.config.uplink, site_id=self.config.site_id, gateway_id=self.config.gateway_id,
                              outbox=self.outbox, status=self._status_summary, commands=self.commands.dispatch)
@@ -137,6 +140,9 @@ class Gateway:
         await asyncio.to_thread(self.visits.stop)
         await self.supervisor.stop()
         await self.bus.stop()  # what drivers emitted reaches the outbox queue
+        for task in self._background:  # after the bus: the last decisions reach the access log
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self._let_uplink_catch_up(SHUTDOWN_SEND_GRACE)
         if self.uplink is not None:
             await asyncio.to_thread(self.uplink.stop)
@@ -247,7 +253,7 @@ class Gateway:
         logging.getLogger().setLevel(new.log_level.upper())
         changes = await self.supervisor.apply(new.devices)
         if self.access is not None:
-            self.access.reconfigure(new.access.doors, new.timezone)
+            self.access.reconfigure(new.access.doors, new.timezone, new.access.keep_events)
         await asyncio.to_thread(self.visits.apply, new.devices)
         log.info("config reloaded: %s; restart required for: %s", changes, restart_required or "nothing")
         return {"devices": changes, "restart_required": restart_required}

@@ -107,22 +107,47 @@ class ModelsConfig(StrictModel):
     threads: int = Field(1, ge=1, le=16, description="onnxruntime threads per inference (a small CPU wants 1)")
 
 
+AccessMethod = Literal["card", "pin", "qr", "face"]
+_DOOR_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+
+
 class DoorConfig(StrictModel):
-    id: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-    device: str = Field(..., description="the access-control device (e.g. an osdp bus) whose reader serves this door")
-    reader: int = Field(0, ge=0, le=126, description="the reader's address on that device")
+    id: str = Field(..., pattern=_DOOR_ID)
+    device: str = Field(..., description="the access-control device (an osdp bus, a face-terminal listener) "
+                                         "whose reader or terminal serves this door")
+    reader: Annotated[int, Field(ge=0, le=126)] | Annotated[str, Field(pattern=_DOOR_ID)] = Field(
+        0, description="the reader's address on an osdp bus, or the terminal's id on a face-terminal device")
     open_for: Duration | None = Field(None, gt=0, le=25.5, description="how long the door output is pulsed on a "
                                       "grant (OSDP counts at most 25.5 s); default: the device's own setting")
+    methods: list[AccessMethod] = Field(
+        default_factory=lambda: ["card", "pin", "qr"],
+        description="what may open this door; `face` needs faces.enabled and never stands alone")
+    camera: str | None = Field(None, description="a camera device whose faces the gateway recognises to "
+                                                 "open this door (a face gate with only a camera)")
+
+    @model_validator(mode="after")
+    def _face_never_alone(self) -> "DoorConfig":
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods are listed twice")
+        if set(self.methods) == {"face"}:
+            # PIPL and the 2025 face recognition measures: people must be able to refuse face
+            # recognition and still get in, so every face door also takes a card, PIN or QR code.
+            raise ValueError(f"door {self.id}: face cannot be the only method; add card, pin or qr")
+        if self.camera is not None and "face" not in self.methods:
+            raise ValueError(f"door {self.id}: a camera is set but face is not among its methods")
+        return self
 
 
 class AccessConfig(StrictModel):
     store: Path | None = Field(None, description="credentials and rules received by access.sync; "
                                                  "default: access.db beside storage.path")
+    keep_events: Duration = Field(30 * 86400.0, gt=0, description="how long the local log of access "
+                                  "decisions (for engineers: `gateway access log`) is kept")
     doors: list[DoorConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_door_per_reader(self) -> "AccessConfig":
-        seen: dict[tuple[str, int], str] = {}
+        seen: dict[tuple[str, int | str], str] = {}
         for door in self.doors:
             key = (door.device, door.reader)
             if key in seen:
@@ -131,6 +156,41 @@ class AccessConfig(StrictModel):
         if len({d.id for d in self.doors}) != len(self.doors):
             raise ValueError("door ids must be unique")
         return self
+
+
+class FaceMatchConfig(StrictModel):
+    threshold: float = Field(0.45, ge=-1, le=1, description="cosine a face must reach to count as a member; "
+                             "choose it with `gateway faces calibrate`")
+    margin: float = Field(0.05, ge=0, le=2, description="how far the best member must be above the next one")
+    unknown_band: float = Field(0.10, ge=0, le=2, description="scores this far below the threshold are "
+                                "\"unknown\" rather than \"stranger\"")
+    min_face_px: float = Field(48.0, ge=0, description="faces smaller than this (shorter side) are ignored")
+    confirm_n: int = Field(2, ge=1, le=30, description="frames that must agree on the person ...")
+    confirm_m: int = Field(3, ge=1, le=30, description="... out of the last this many frames")
+    cooldown: Duration = Field(10.0, description="a person matched is not matched again at the gate for this long")
+
+    @model_validator(mode="after")
+    def _n_of_m(self) -> "FaceMatchConfig":
+        if self.confirm_n > self.confirm_m:
+            raise ValueError("confirm_n must not exceed confirm_m")
+        return self
+
+
+class FacesConfig(StrictModel):
+    enabled: bool = Field(False, description="face recognition at this site; off unless switched on")
+    store: Path | None = Field(None, description="encrypted templates, consents and the audit log; "
+                                                 "default: faces.db beside storage.path")
+    key_file: Path | None = Field(None, description="the 32-byte key that encrypts the templates (created "
+                                                    "with mode 0600 on first use); default: faces.key beside the store")
+    embedder: str = Field("mobilefacenet", description="face embedding model in models/manifest.yaml")
+    gate_fps: float = Field(10.0, gt=0, le=30, description="frames per second analysed at each face gate")
+    match: FaceMatchConfig = Field(default_factory=FaceMatchConfig)
+    warn_enrolled: int = Field(90_000, ge=1, description="raise a gateway.warning as the enrolled persons "
+                               "reach this many (search stays fast up to 100,000)")
+
+    @property
+    def min_face_px(self) -> float:
+        return self.match.min_face_px
 
 
 def _time_zone(name: str) -> str:
@@ -151,6 +211,7 @@ class SiteConfigBase(StrictModel):
     timezone: Annotated[str, AfterValidator(_time_zone)] = Field(
         "UTC", description="the site's IANA time zone: access time windows are in its local time")
     access: AccessConfig = Field(default_factory=AccessConfig)
+    faces: FacesConfig = Field(default_factory=FacesConfig)
     devices: list[DeviceConfig] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -161,14 +222,28 @@ class SiteConfigBase(StrictModel):
             if device.id in seen:
                 raise ValueError(f"device id {device.id!r} is used twice")
             seen.add(device.id)
+        kinds = {d.id: d.kind for d in self.devices}
         for door in self.access.doors:
             if door.device not in seen:
                 raise ValueError(f"door {door.id}: no device {door.device!r} in devices")
+            if door.camera is not None and kinds.get(door.camera) != "camera":
+                raise ValueError(f"door {door.id}: camera {door.camera!r} is not a camera in devices")
+            if "face" in door.methods and not self.faces.enabled:
+                raise ValueError(f"door {door.id}: face is among its methods but face recognition is off "
+                                 "at this site (faces.enabled: false)")
         return self
 
     @property
     def access_store_path(self) -> Path:
         return self.access.store or self.storage.path.parent / "access.db"
+
+    @property
+    def faces_store_path(self) -> Path:
+        return self.faces.store or self.storage.path.parent / "faces.db"
+
+    @property
+    def faces_key_path(self) -> Path:
+        return self.faces.key_file or self.faces_store_path.parent / "faces.key"
 
     def device(self, device_id: str) -> DeviceConfig | None:
         return next((d for d in self.devices if d.id == device_id), None)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.access.service import AccessService
+from gateway.access.service import READ_EVENT_TYPES, AccessService
 from gateway.access.store import AccessStore
 from gateway.access.wiegand import encode_h10301
 from gateway.bus import EventBus
@@ -136,3 +136,111 @@ def test_a_grant_whose_door_cannot_open_is_reported_as_such(tmp_path):
     asyncio.run(scenario())
     assert [(e.type, e.data["reason"], e.data["person_id"]) for e in seen] == [
         ("access.denied", "door_unavailable", "res-0042")]
+
+
+# ------------------------------------------------------------------- identified credentials
+
+FACE_DOORS = [DoorConfig(id="north-gate", device="terminals", reader="t1", methods=["card", "face"]),
+              DoorConfig(id="lobby", device="osdp-bus-1", reader=0, camera="gate-cam", methods=["card", "face"])]
+
+
+def face_snapshot() -> dict:
+    body = snapshot()
+    body["credentials"].append({"kind": "face", "value": "M-42", "person_id": "res-0042"})
+    body["rules"] = [{"rule_id": f"residents-{door}", "door_id": door, "group": "residents", "windows": ALL_WEEK,
+                      "methods": ["card", "face"]} for door in ("north-gate", "lobby")]
+    return body
+
+
+def identified(value, method="face", serial=None, reader="t1", device="terminals", door=None) -> Event:
+    data = {"reader": reader, "method": method, "value": value}
+    if serial is not None:
+        data["terminal_serial"] = serial
+    if door is not None:
+        data["door"] = door
+    return Event("access.identified", device, data, internal=True)
+
+
+def run_identified(store_path, events, doors=FACE_DOORS, sync=None):
+    """One service life on the store at `store_path`: sync (if given), the events, a flush."""
+    actuators = {"terminals": FakeReaderDriver(), "osdp-bus-1": FakeReaderDriver()}
+    seen: list[Event] = []
+
+    async def scenario():
+        bus = EventBus()
+        bus.subscribe("seen", seen.append, ["access.granted", "access.denied"])
+        store = AccessStore(store_path)
+        service = AccessService(bus, store, store.load_policy(), doors, "Asia/Shanghai", actuators)
+        await asyncio.to_thread(service.load_seen)
+        bus.subscribe("access", service.on_read, READ_EVENT_TYPES)
+        await bus.start()
+        if sync is not None:
+            await service.sync_command(sync)
+        for event in events:
+            bus.publish(event)
+        await bus.stop()
+        await service.flush_log()
+        entries = store.log_entries()
+        store.close()
+        return service, entries
+
+    service, entries = asyncio.run(scenario())
+    return actuators, [(e.type, e.data["door"], e.data["method"], e.data["reason"]) for e in seen], service, entries
+
+
+def test_a_terminals_face_match_and_a_gate_cameras_match_open_their_doors(tmp_path):
+    actuators, decisions, _, entries = run_identified(tmp_path / "a.db", [
+        identified("M-42", serial="1001"),  # the terminal recognised the member
+        identified("M-42", device="gate-cam", reader=None, door="lobby"),  # the gateway's own face gate
+        identified(None, serial="1002"),  # a stranger at the terminal
+        identified("cardno:77", method="card", serial="1003"),  # a card the set does not know
+        identified("1", method="fingerprint", serial="1004")],  # the door does not take fingerprints
+        sync=face_snapshot())
+    assert decisions == [("access.granted", "north-gate", "face", "granted"),
+                         ("access.granted", "lobby", "face", "granted"),
+                         ("access.denied", "north-gate", "face", "unknown_credential"),
+                         ("access.denied", "north-gate", "card", "unknown_credential"),
+                         ("access.denied", "north-gate", "fingerprint", "method_not_allowed")]
+    assert actuators["terminals"].opened == [("t1", None)]
+    assert actuators["osdp-bus-1"].opened == [(0, None)]
+    assert [(e["door"], e["method"], e["granted"]) for e in reversed(entries)] == [
+        (d, m, r == "granted") for _, d, m, r in decisions]
+
+
+def test_a_door_refuses_methods_it_does_not_take(tmp_path):
+    doors = [DoorConfig(id="north-gate", device="terminals", reader="t1")]  # card, pin, qr: no face
+    _, decisions, _, _ = run_identified(tmp_path / "a.db", [identified("M-42", serial="1")], doors=doors,
+                                        sync=face_snapshot())
+    assert decisions == [("access.denied", "north-gate", "face", "method_not_allowed")]
+
+
+def test_a_terminal_record_is_decided_once_even_across_restarts(tmp_path):
+    store = tmp_path / "access.db"
+    actuators, decisions, service, _ = run_identified(
+        store, [identified("M-42", serial="7"), identified("M-42", serial="7"), identified("M-42", serial="8")],
+        sync=face_snapshot())
+    assert len(decisions) == 2 and service.duplicates == 1 and len(actuators["terminals"].opened) == 2
+    # The terminal resends record 7 after the gateway restarted: still not a second opening.
+    actuators, decisions, service, _ = run_identified(store, [identified("M-42", serial="7"),
+                                                              identified("M-42", serial="9")])
+    assert decisions == [("access.granted", "north-gate", "face", "granted")] and service.duplicates == 1
+    # The same record number from another terminal is another event.
+    _, decisions, _, _ = run_identified(store, [identified("M-42", serial="7", reader="t2")],
+                                        doors=FACE_DOORS + [DoorConfig(id="side", device="terminals", reader="t2",
+                                                                       methods=["card", "face"])])
+    assert [d[1] for d in decisions] == ["side"]
+
+
+def test_the_local_log_is_pruned_after_its_retention_and_face_records_can_be_deleted(tmp_path):
+    store_path = tmp_path / "access.db"
+    run_identified(store_path, [identified("M-42", serial="1"), identified("cardno:77", method="card", serial="2"),
+                                identified("M-42", serial="3")], sync=face_snapshot())
+    store = AccessStore(store_path)
+    try:
+        assert len(store.log_entries()) == 3
+        assert store.delete_face_records("res-0042") == 2
+        assert [(e["method"], e["person_id"]) for e in store.log_entries()] == [("card", None)]
+        assert store.prune_log("9999-01-01T00:00:00.000Z") == 1
+        assert store.log_entries() == [] and store.terminal_serials("0000") == []
+    finally:
+        store.close()

@@ -388,3 +388,51 @@ def test_byte_sizes_take_units_everywhere():
                           "uplink: {batch_max_bytes: 64KiB}\n")
     assert config.api.max_body_bytes == 1024 * 1024
     assert config.uplink.batch_max_bytes == 64 * 1024
+
+
+# ------------------------------------------------------------------------- doors and faces
+
+DOORS = VALID + """\
+  - id: lobby-cam
+    kind: camera
+    url: rtsp://10.0.0.9/stream
+access:
+  doors:
+    - id: lobby
+      device: parking-b2
+      reader: 1
+      methods: {methods}
+      {camera}
+faces:
+  enabled: {enabled}
+"""
+
+
+def doors(methods="[card, face]", camera="camera: lobby-cam", enabled="true") -> str:
+    return DOORS.format(methods=methods, camera=camera, enabled=enabled)
+
+
+def test_a_face_door_with_a_camera_validates():
+    config = parse(doors())
+    door = config.access.doors[0]
+    assert door.methods == ["card", "face"] and door.camera == "lobby-cam" and config.faces.enabled
+    assert config.faces_store_path == Path("var/faces.db") and config.faces_key_path == Path("var/faces.key")
+    assert config.access.keep_events == 30 * 86400
+
+
+@pytest.mark.parametrize("text, message", [
+    (doors(methods="[face]"), "face cannot be the only method"),
+    (doors(enabled="false"), "face recognition is off at this site"),
+    (doors(methods="[card]"), "a camera is set but face is not among its methods"),
+    (doors(camera="camera: parking-b3"), "camera 'parking-b3' is not a camera"),
+    (doors(methods="[card, card]"), "methods are listed twice"),
+    (doors(methods="[card, iris]"), "input should be 'card'"),
+])
+def test_door_methods_that_are_refused(text, message):
+    found = problems(text)
+    assert any(message in said for _, said, _ in found), found
+
+
+def test_face_recognition_is_off_by_default():
+    assert parse(VALID).faces.enabled is False
+    assert parse(doors(methods="[card, pin]", camera="")).access.doors[0].camera is None

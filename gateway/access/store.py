@@ -176,6 +176,15 @@ class AccessStore:
         db["access_anti_passback"].create(
             {"entry_door": str, "exit_door": str, "body": str}, pk=("entry_door", "exit_door"),
             if_not_exists=True)
+        # The local log of decisions (for engineers on site; pruned after access.keep_events) and
+        # the record numbers of terminal events already decided (terminals resend when unsure).
+        db["access_log"].create({"id": int, "at": str, "door": str, "method": str, "person_id": str,
+                                 "granted": int, "reason": str}, pk="id", if_not_exists=True)
+        db["access_log"].create_index(["at"], if_not_exists=True)
+        db["access_log"].create_index(["person_id"], if_not_exists=True)
+        db["access_terminal_seen"].create({"device": str, "reader": str, "serial": str, "at": str},
+                                          pk=("device", "reader", "serial"), if_not_exists=True)
+        db["access_terminal_seen"].create_index(["at"], if_not_exists=True)
 
     def close(self) -> None:
         with self._lock:
@@ -285,6 +294,56 @@ class AccessStore:
         if orphans:
             listed = ", ".join(f"{value!r} -> {person!r}" for value, person in orphans)
             raise SyncError(f"credentials name persons not in the set: {listed}")
+
+    # ------------------------------------------------------------------ the local decision log
+
+    def append_log(self, decisions: list[tuple[str, str, str, str | None, bool, str]],
+                   seen: list[tuple[str, str, str, str]] = ()) -> None:
+        """Record decisions `(at, door, method, person_id, granted, reason)` and terminal record
+        numbers `(device, reader, serial, at)` in one transaction."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("INSERT INTO access_log (at, door, method, person_id, granted, reason) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)", [(a, d, m, p, int(g), r) for a, d, m, p, g, r in decisions])
+                conn.executemany("INSERT OR IGNORE INTO access_terminal_seen (device, reader, serial, at) "
+                                 "VALUES (?, ?, ?, ?)", list(seen))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def prune_log(self, before: str) -> int:
+        """Forget decisions and terminal record numbers older than `before` (an ISO UTC time)."""
+        with self._lock:
+            removed = self._conn.execute("DELETE FROM access_log WHERE at < ?", (before,)).rowcount
+            self._conn.execute("DELETE FROM access_terminal_seen WHERE at < ?", (before,))
+        return removed
+
+    def log_entries(self, door: str | None = None, person_id: str | None = None, limit: int = 100) -> list[dict]:
+        """The newest decisions first."""
+        query, params = "SELECT at, door, method, person_id, granted, reason FROM access_log WHERE 1=1", []
+        if door is not None:
+            query, params = query + " AND door = ?", params + [door]
+        if person_id is not None:
+            query, params = query + " AND person_id = ?", params + [person_id]
+        with self._lock:
+            rows = self._conn.execute(query + " ORDER BY id DESC LIMIT ?", (*params, int(limit))).fetchall()
+        return [{"at": at, "door": d, "method": m, "person_id": p, "granted": bool(g), "reason": r}
+                for at, d, m, p, g, r in rows]
+
+    def terminal_serials(self, since: str) -> list[tuple[str, str, str]]:
+        """(device, reader, serial) of terminal events decided since `since`."""
+        with self._lock:
+            return self._conn.execute("SELECT device, reader, serial FROM access_terminal_seen WHERE at >= ? "
+                                      "ORDER BY at", (since,)).fetchall()
+
+    def delete_face_records(self, person_id: str) -> int:
+        """Forget a person's decisions taken by face (part of deleting their face data)."""
+        with self._lock:
+            return self._conn.execute("DELETE FROM access_log WHERE person_id = ? AND method = 'face'",
+                                      (person_id,)).rowcount
 
     def load_policy(self, passages: PassageState | None = None) -> AccessPolicy:
         """The stored set as an AccessPolicy; pass the old policy's `passages` to keep anti-passback state."""
