@@ -10,7 +10,7 @@ import importlib
 
 from .base import Driver
 
-BUILTIN_MODULES = ("drivers.http_ingest", "drivers.camera", "drivers.osdp")
+BUILTIN_MODULES = ("drivers.http_ingest", "drivers.camera", "drivers.osdp", "drivers.hikvision", "drivers.zkteco")
 
 _drivers: dict[str, type[Driver]] = {}
 _builtins_loaded = False
