@@ -27,6 +27,7 @@ from .bus import EventBus
 from .commands import CommandError, CommandRouter
 from .config import ConfigError, SiteConfigBase, load_config
 from .events import Event, utc_timestamp
+from .faces.service import FaceService
 from .frames import FrameHub
 from .health import DeviceHealth, DeviceState, HealthRegistry
 from .outbox import Outbox
@@ -69,6 +70,7 @@ class Gateway:
         self.uplink: Uplink | None = None
         self.commands: CommandRouter | None = None
         self.access: AccessService | None = None
+        self.faces: FaceService | None = None
         self.api_server: _EmbeddedServer | None = None
         self.api_port: int | None = None
         self._stop: asyncio.Event | None = None
@@ -98,11 +100,15 @@ class Gateway:
         self.bus.subscribe("access", self.access.on_read, READ_EVENT_TYPES)
         self._background.append(asyncio.create_task(self.access.run_housekeeping(), name="access-log"))
         self.commands.register("access.sync", self.access.sync_command)
+        self.faces = FaceService(self.bus, self.frames, self.config, self.config.gateway_id, self.access)
+        self.commands.register("faces.enroll", self.faces.enroll_command)
+        self.commands.register("faces.delete", self.faces.delete_command)
         self.uplink = Uplink(self.config.uplink, site_id=self.config.site_id, gateway_id=self.config.gateway_id,
                              outbox=self.outbox, status=self._status_summary, commands=self.commands.dispatch)
         self.uplink.start()
         await self.supervisor.apply(self.config.devices)
         self.visits.apply(self.config.devices)
+        await asyncio.to_thread(self.faces.start)
         api_task = await self._start_api() if self.config.api.enabled else None
         log.info("gateway %s/%s running (%d devices)", self.config.site_id, self.config.gateway_id,
                  len(self.supervisor.running()))
@@ -138,6 +144,8 @@ class Gateway:
             self.api_server.should_exit = True
             await asyncio.gather(api_task, return_exceptions=True)
         await asyncio.to_thread(self.visits.stop)
+        if self.faces is not None:
+            await asyncio.to_thread(self.faces.stop)
         await self.supervisor.stop()
         await self.bus.stop()  # what drivers emitted reaches the outbox queue
         for task in self._background:  # after the bus: the last decisions reach the access log
@@ -200,8 +208,9 @@ class Gateway:
         devices = self.health.all()
         connected = bool(self.uplink and self.uplink.connected)
         cameras = self.visits.cameras()
+        faces = self.faces.status() if self.faces is not None else {"enabled": False, "enrolled": 0, "gates": []}
         degraded = (not connected or any(d.state == DeviceState.ERROR for d in devices)
-                    or any(c["state"] == "error" for c in cameras))
+                    or any(c["state"] == "error" for c in cameras) or any(g["state"] == "error" for g in faces["gates"]))
         return {
             "status": "degraded" if degraded else "ok",
             "version": __version__,
@@ -219,6 +228,7 @@ class Gateway:
             "counters": stats.counters,
             "devices": [d.as_dict() for d in devices],
             "cameras": [{"id": c["id"], "state": c["state"], "error": c["error"]} for c in cameras],
+            "faces": faces,
         }
 
     # ----------------------------------------------------------------------------- commands
@@ -243,6 +253,11 @@ class Gateway:
         restart_required = [name for name in ("uplink", "storage", "models") if getattr(new, name) != getattr(old, name)]
         if new.access_store_path != old.access_store_path:
             restart_required.append("access.store")
+        faces_at_start = ("enabled", "store", "key_file", "embedder")
+        if any(getattr(new.faces, k) != getattr(old.faces, k) for k in faces_at_start):
+            restart_required.append("faces")
+            new = new.model_copy(update={"faces": new.faces.model_copy(
+                update={k: getattr(old.faces, k) for k in faces_at_start})})
         api_live = new.api
         if (new.api.host, new.api.port, new.api.enabled) != (old.api.host, old.api.port, old.api.enabled):
             restart_required.append("api")
@@ -255,6 +270,8 @@ class Gateway:
         if self.access is not None:
             self.access.reconfigure(new.access.doors, new.timezone, new.access.keep_events)
         await asyncio.to_thread(self.visits.apply, new.devices)
+        if self.faces is not None:
+            await asyncio.to_thread(self.faces.reconfigure, self.config)
         log.info("config reloaded: %s; restart required for: %s", changes, restart_required or "nothing")
         return {"devices": changes, "restart_required": restart_required}
 

@@ -23,6 +23,7 @@ from drivers.base import DeviceConfig
 
 from .bus import EventBus
 from .events import Event, utc_timestamp
+from .frame_worker import FrameFollower
 from .frames import FrameHub
 from .models import ModelError
 from .vision.settings import AnalyticsSettings
@@ -172,7 +173,7 @@ class VisitService:
         detector, model_tried = None, -MODEL_RETRY_INTERVAL
         if settings.analytics is None:
             worker.state = "no_analytics"
-        source, last_index = None, 0
+        follower = FrameFollower(self.frames, worker.camera_id)
         worker.next_counts = time.monotonic() + (settings.analytics.counts_interval if settings.analytics else 0)
         while not worker.stop.is_set():
             if settings.analytics is not None and detector is None \
@@ -180,18 +181,11 @@ class VisitService:
                 # A model copied in (gateway models fetch) is picked up without a restart.
                 model_tried = time.monotonic()
                 detector = self._load_detector(worker)
-            current = self.frames.source(worker.camera_id)
-            if current is None:  # the camera driver is (re)starting
-                worker.stop.wait(0.2)
-                continue
-            if current is not source:  # a new capture counts its frames from 1 again
-                source, last_index = current, 0
-            frame = source.wait_next(last_index, timeout=1.0)
+            frame = follower.next(worker.stop)
             if frame is None:
                 if worker.state == "running":
                     worker.state = "waiting_for_frames"
                 continue
-            last_index = frame.index
             if not worker.limiter.due(time.monotonic()):
                 continue
             worker.last_image = frame.image

@@ -18,10 +18,14 @@ from gateway.config import ConfigError, SiteConfigBase, load_config
 
 from .brokers import EmbeddedBroker
 from .camera import MjpegCamera
-from .devices.cardholders import CardHolders, staff_access_sync
+from .devices.cardholders import CardHolders, site_access_sync
+from .devices.face_visitors import LoungeMembers, enrol_commands, gate_visitors
+from .face_terminals import VirtualHikvisionTerminal
+from .gate_camera import GateCamera
 from .osdp_reader import VirtualOsdpReader
 from .devices import GatewayEndpoints, VirtualDevice, virtual_device_for
 from .platform import PlatformStandIn
+from .brokers import free_port
 
 
 def _serve_readers(config: SiteConfigBase) -> tuple[SiteConfigBase, dict[str, VirtualOsdpReader]]:
@@ -38,21 +42,44 @@ def _serve_readers(config: SiteConfigBase) -> tuple[SiteConfigBase, dict[str, Vi
     return config.model_copy(update={"devices": devices}), readers
 
 
-def _serve_cameras(config: SiteConfigBase) -> tuple[SiteConfigBase, list[MjpegCamera]]:
+def _serve_cameras(config: SiteConfigBase) -> tuple[SiteConfigBase, list]:
     """Cameras configured with a video file are played by a virtual IP camera (MJPEG over HTTP), so
-    that the demo goes through the same network path as a real camera."""
+    that the demo goes through the same network path as a real camera; a camera configured with a
+    folder of face photos is a gate camera: people from those photos walk up to it."""
     cameras, devices = [], []
     for device in config.devices:
         if device.kind == "camera" and "://" not in device.url:
-            if not Path(device.url).exists():
-                print(f"camera {device.id}: video {device.url} not found; it will show as offline", flush=True)
+            source = Path(device.url)
+            if not source.exists():
+                print(f"camera {device.id}: {device.url} not found; it will show as offline", flush=True)
             else:
-                camera = MjpegCamera(device.url, loop=True).start()
-                cameras.append(camera)
+                camera = GateCamera(gate_visitors(), fps=device.fps) if source.is_dir() else \
+                    MjpegCamera(device.url, loop=True)
+                cameras.append(camera.start())
                 print(f"virtual camera {device.id}: {device.url} served at {camera.url}", flush=True)
                 device = device.model_copy(update={"url": camera.url})
         devices.append(device)
     return config.model_copy(update={"devices": devices}), cameras
+
+
+def _serve_terminals(config: SiteConfigBase) -> tuple[SiteConfigBase, dict[str, VirtualHikvisionTerminal]]:
+    """Each Hikvision terminal device gets a virtual terminal (its first configured one) on loopback,
+    pushing to the gateway's listener on a free port."""
+    terminals, devices = {}, []
+    for device in config.devices:
+        if device.kind == "hikvision_terminal":
+            first = device.terminals[0]
+            listen_port = free_port()
+            terminal = VirtualHikvisionTerminal(f"http://127.0.0.1:{listen_port}{device.path}", host="127.0.0.1",
+                                                username=first.username,
+                                                password=first.password.get_secret_value()).start()
+            terminals[device.id] = terminal
+            print(f"virtual Hikvision terminal {device.id}/{first.id} on 127.0.0.1:{terminal.port}", flush=True)
+            first = first.model_copy(update={"host": "127.0.0.1", "port": terminal.port})
+            device = device.model_copy(update={"listen_host": "127.0.0.1", "listen_port": listen_port,
+                                               "terminals": [first, *device.terminals[1:]]})
+        devices.append(device)
+    return config.model_copy(update={"devices": devices}), terminals
 
 
 def _demo_config(config: SiteConfigBase, host: str, port: int, protocol: str, data_dir: Path,
@@ -79,16 +106,19 @@ class Summary:
         produced = sum(d.produced for d in self.devices) + gw.bus.published
         uplink = "up" if gw.uplink and gw.uplink.connected else ("stopped" if not gw.running.is_set() else "DOWN")
         visits = self.platform.count(type="visit.entry", site_id=cfg.site_id, gateway_id=cfg.gateway_id)
-        granted = self.platform.count(type="access.granted", site_id=cfg.site_id, gateway_id=cfg.gateway_id)
+        granted_events = self.platform.events(type="access.granted", site_id=cfg.site_id, gateway_id=cfg.gateway_id)
+        granted = len(granted_events)
+        by_face = sum(1 for e in granted_events if e["data"].get("method") == "face")
         denied = self.platform.count(type="access.denied", site_id=cfg.site_id, gateway_id=cfg.gateway_id)
         exits = self.platform.count(type="visit.exit", site_id=cfg.site_id, gateway_id=cfg.gateway_id)
         return (f"[{time.monotonic() - self.started:6.0f}s] produced {produced:6d} | stored {stats.counters.get('accepted', 0):6d}"
                 f" | delivered {delivered:6d} | backlog {stats.backlog_events:5d} | devices online"
-                f" {health['online']}/{health['total']} | people in {visits} out {exits} | doors opened {granted} denied {denied} | uplink {uplink}")
+                f" {health['online']}/{health['total']} | people in {visits} out {exits} | doors opened {granted} (by face {by_face}) denied {denied} | uplink {uplink}")
 
 
-async def _run(gateway: Gateway, platform: PlatformStandIn, duration: float | None,
-               cameras: int = 0, readers: dict[str, VirtualOsdpReader] | None = None) -> list[VirtualDevice]:
+async def _run(gateway: Gateway, platform: PlatformStandIn, duration: float | None, cameras: int = 0,
+               readers: dict[str, VirtualOsdpReader] | None = None,
+               terminals: dict[str, VirtualHikvisionTerminal] | None = None) -> list[VirtualDevice]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, gateway.request_stop)
@@ -100,12 +130,21 @@ async def _run(gateway: Gateway, platform: PlatformStandIn, duration: float | No
 
     endpoints = GatewayEndpoints(f"http://127.0.0.1:{gateway.api_port}", gateway.config.api.token.get_secret_value())
     devices = [d.start() for d in (virtual_device_for(c, endpoints) for c in gateway.config.devices) if d]
-    for door in gateway.config.access.doors:  # the platform sends the staff list, then people swipe
-        if door.device in (readers or {}):
-            cfg = gateway.config
-            await asyncio.to_thread(platform.wait_ack, platform.send_command(
-                cfg.site_id, cfg.gateway_id, "access.sync", staff_access_sync(door.id)), 15)
-            devices.append(CardHolders(door.device, readers[door.device]).start())
+    cfg = gateway.config
+    if cfg.access.doors:  # the platform sends who may pass, and enrols the staff's faces
+        await asyncio.to_thread(platform.wait_ack, platform.send_command(
+            cfg.site_id, cfg.gateway_id, "access.sync", site_access_sync(cfg.access.doors)), 15)
+        if cfg.faces.enabled:
+            for enrolment in enrol_commands():
+                ack = await asyncio.to_thread(platform.wait_ack, platform.send_command(
+                    cfg.site_id, cfg.gateway_id, "faces.enroll", enrolment), 30)
+                if not (ack or {}).get("ok"):
+                    print(f"faces.enroll {enrolment['person_id']}: {(ack or {}).get('error')}", flush=True)
+    for device_id, reader in (readers or {}).items():  # then people swipe cards and walk up
+        if any(door.device == device_id and door.camera is None for door in cfg.access.doors):
+            devices.append(CardHolders(device_id, reader).start())
+    for device_id, terminal in (terminals or {}).items():
+        devices.append(LoungeMembers(device_id, terminal).start())
     summary = Summary(gateway, platform, devices)
     tty = sys.stdout.isatty()
     print(f"demo site {gateway.config.site_id}: gateway API http://127.0.0.1:{gateway.api_port}/docs, "
@@ -151,14 +190,17 @@ def run_demo(config_path: Path, broker: str | None, duration: float | None, data
                                protocol=protocol).start()
     config, cameras = _serve_cameras(config)
     config, readers = _serve_readers(config)
+    config, terminals = _serve_terminals(config)
     gateway = Gateway(_demo_config(config, host, port_number, protocol, data_dir, api_port))
     try:
-        asyncio.run(_run(gateway, platform, duration, len(cameras), readers))
+        asyncio.run(_run(gateway, platform, duration, len(cameras), readers, terminals))
     finally:
         for camera in cameras:
             camera.stop()
         for reader in readers.values():
             reader.stop()
+        for terminal in terminals.values():
+            terminal.stop()
         platform.stop()
         if embedded:
             embedded.stop()

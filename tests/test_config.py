@@ -15,6 +15,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from drivers import registry
 from gateway.config import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def test_there_are_two_example_configs():
 def test_example_configs_validate(path):
     config = load_config(path, env={})
     assert config.site_id and config.gateway_id
-    assert config.devices and {d.kind for d in config.devices} <= {"http_ingest", "camera", "osdp"}
+    assert config.devices and {d.kind for d in config.devices} <= set(registry.drivers())
     assert config.api.token.get_secret_value() == "demo-token-change-me-0123456789"  # the ${..:-default}
 
 
@@ -85,7 +86,10 @@ def test_demo_mall_values():
     assert config.uplink.linger == pytest.approx(0.05)
     assert int(config.storage.max_bytes) == 2 * 1024**3
     assert config.storage.max_age == 30 * 86400
-    assert [d.id for d in config.devices] == ["parking-b2", "parking-b3", "cam-entrance-1", "osdp-staff"]
+    assert [d.id for d in config.devices] == ["parking-b2", "parking-b3", "cam-entrance-1", "osdp-staff", "osdp-gate",
+                                              "cam-staff-gate", "lounge-terminals"]
+    assert config.faces.enabled and [d.methods for d in config.access.doors] == [
+        ["card", "pin", "qr"], ["card", "pin", "face"], ["card", "face"]]
     assert config.devices[0].stale_after == 120
 
 

@@ -471,3 +471,35 @@ def test_calibration_rates_on_known_scores():
     assert recommend(report, 0.0) == 0.5
     with pytest.raises(ValueError):
         calibrate_vectors(vectors, ["a", "a", "b", "b"], thresholds=np.array([0.5, 0.1]))
+
+
+def test_forget_person_drops_votes_and_cooldown():
+    matcher = FaceMatcher(MatchPolicy(threshold=0.5, margin=0.05, confirm_n=2, confirm_m=3, cooldown_s=60))
+    hit = SearchResult("alice", 0.8, 0.2)
+    assert matcher.update("gate", hit, 100, now=0.0).verdict == "pending"
+    matcher.forget_person("alice")  # her vote is gone: one more frame is not enough
+    assert matcher.update("gate", hit, 100, now=0.1).verdict == "pending"
+    assert matcher.update("gate", hit, 100, now=0.2).verdict == "match"
+    assert matcher.update("gate", hit, 100, now=0.3).verdict == "pending"
+    assert matcher.update("gate", hit, 100, now=0.4).verdict == "cooldown"
+    matcher.forget_person("alice")  # and so is her cooldown
+    matcher.update("gate", hit, 100, now=0.5)
+    assert matcher.update("gate", hit, 100, now=0.6).verdict == "match"
+
+
+def test_interleaved_adds_are_regrouped_and_still_searched_right():
+    rng = np.random.default_rng(3)
+    gallery, rows = FaceGallery(16), []
+    for person in ["a", "b", "a", "c", "b", "a"]:
+        vector = rng.standard_normal(16).astype(np.float32)
+        gallery.add(person, vector)
+        rows.append((person, vector / np.linalg.norm(vector)))
+    probe = rng.standard_normal(16).astype(np.float32)
+    expected = {}
+    for person, vector in rows:
+        expected[person] = max(expected.get(person, -1.0), float(vector @ probe / np.linalg.norm(probe)))
+    persons, scores = gallery.person_scores(probe)
+    assert persons == ["a", "b", "c"]
+    assert np.allclose(scores[0], [expected[p] for p in persons], atol=1e-5)
+    assert gallery.person_ids() == ["a", "a", "a", "b", "b", "c"]  # rows grouped, each person's in order
+    assert np.allclose(gallery.vectors[:3], [v for p, v in rows if p == "a"], atol=1e-6)

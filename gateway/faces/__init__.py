@@ -5,6 +5,8 @@ Stages, each in its own module, in the order a face meets them: YuNet's 5 landma
 ArcFace template) -> embed (an ArcFace-style ONNX model, L2-normalised vectors) -> gallery search
 (1:N, cosine) -> match policy (threshold, margin, N-of-M confirmation, cooldown). `calibrate`
 measures false-accept and false-reject rates on a site's enrolment photos to choose the threshold.
+`enrol` turns enrolment photos into templates (pictures stay in memory), and `store` keeps the
+templates encrypted, with each person's consent and an append-only, hash-chained audit log.
 Face images and vectors never leave the gateway; only match decisions do.
 """
 
@@ -16,6 +18,10 @@ _EXPORTS = {
     "FaceEmbedder": "embed",
     "FaceGallery": "gallery", "SearchResult": "gallery", "MatchPolicy": "gallery", "FaceMatcher": "gallery",
     "Decision": "gallery",
+    "FaceStore": "store", "Consent": "store", "GuardianConsent": "store", "ConsentError": "store",
+    "FaceStoreError": "store", "FaceStoreKeyError": "store", "load_or_create_key": "store",
+    "key_from_text": "store", "open_face_store": "store", "face_settings": "store",
+    "EnrolError": "enrol", "embed_images": "enrol", "identify_image": "enrol",
 }
 
 __all__ = list(_EXPORTS)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from .align import align_face
+from .enrol import largest_face_crop
 
 if TYPE_CHECKING:
     from ..vision.detect import FaceDetector
@@ -73,16 +73,6 @@ class EmbeddedPhotos:
     paths: list[Path]
     face_px: list[float]  # shorter side of the face box used
     skipped: list[Path] = field(default_factory=list)  # unreadable, or no face found
-
-
-def largest_face_crop(image: np.ndarray, detector: "FaceDetector") -> tuple[np.ndarray, float] | None:
-    """(aligned crop, shorter box side) of the largest face in the image, or None without a face."""
-    faces = detector.detect(image)
-    if len(faces) == 0:
-        return None
-    sides = np.minimum(faces.boxes[:, 2] - faces.boxes[:, 0], faces.boxes[:, 3] - faces.boxes[:, 1])
-    best = int(np.argmax(sides))
-    return align_face(image, faces.landmarks[best]), float(sides[best])
 
 
 def embed_photos(groups: Mapping[str, Sequence[Path]], detector: "FaceDetector",

@@ -16,6 +16,7 @@ door openings while they walk through).
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
@@ -52,7 +53,8 @@ class FaceGallery:
         self._matrix = np.zeros((0, dim or 0), np.float32)  # capacity rows; the first _count are used
         self._person_of_row: list[PersonId] = []
         self._count = 0
-        self._groups: tuple[list[PersonId], np.ndarray, np.ndarray] | None = None  # cache, see _grouped
+        self._groups: tuple[list[PersonId], np.ndarray | None] | None = None  # cache, see _grouped
+        self._group_lock = threading.Lock()
 
     # ---------------------------------------------------------------------------------- enrolment
 
@@ -111,39 +113,52 @@ class FaceGallery:
 
     @property
     def vectors(self) -> np.ndarray:
-        """A read-only view of the used rows [N, D]."""
+        """A read-only view of the used rows [N, D], grouped by person (in `person_ids` order)."""
+        self._grouped()
         view = self._matrix[:self._count]
         view.flags.writeable = False
         return view
 
     def person_ids(self) -> list[PersonId]:
         """The person of each row of `vectors`."""
+        self._grouped()
         return list(self._person_of_row)
 
     # ------------------------------------------------------------------------------------- search
 
-    def _grouped(self) -> tuple[list[PersonId], np.ndarray, np.ndarray]:
-        """(persons, row order grouping each person's rows together, start of each group in it)."""
-        if self._groups is None:
-            persons = self.persons()
-            index_of = {p: i for i, p in enumerate(persons)}
-            person_index = np.fromiter((index_of[p] for p in self._person_of_row), np.int64, self._count)
-            order = np.argsort(person_index, kind="stable")
-            starts = np.searchsorted(person_index[order], np.arange(len(persons)))
-            self._groups = (persons, order, starts)
-        return self._groups
+    def _grouped(self) -> tuple[list[PersonId], np.ndarray | None]:
+        """(persons in order of first enrolment, the first row of each; None when each has one row).
+
+        The rows are kept grouped by person, so a search reduces its scores per person without
+        gathering them first: a gallery loaded person by person is grouped already, and one whose
+        adds interleaved is re-sorted here once (a stable sort: each person's rows keep their order).
+        """
+        with self._group_lock:  # two gates searching a fresh gallery at once: one sorts, once
+            if self._groups is None:
+                persons = self.persons()
+                index_of = {p: i for i, p in enumerate(persons)}
+                person_index = np.fromiter((index_of[p] for p in self._person_of_row), np.int64, self._count)
+                if np.any(np.diff(person_index) < 0):
+                    order = np.argsort(person_index, kind="stable")
+                    self._matrix[:self._count] = self._matrix[:self._count][order]
+                    self._person_of_row = [self._person_of_row[i] for i in order]
+                    person_index = person_index[order]
+                starts = None if len(persons) == self._count else \
+                    np.searchsorted(person_index, np.arange(len(persons)))
+                self._groups = (persons, starts)
+            return self._groups
 
     def person_scores(self, probes: np.ndarray) -> tuple[list[PersonId], np.ndarray]:
         """(persons, [M, P] best cosine of each probe against each person's templates)."""
         probes = l2_normalise(np.atleast_2d(np.asarray(probes, np.float32)))
-        persons, order, starts = self._grouped()
+        persons, starts = self._grouped()
         if not persons:
             return persons, np.zeros((len(probes), 0), np.float32)
         if probes.shape[1] != self.dim:
             raise ValueError(f"the gallery holds {self.dim}-d vectors, the probe is {probes.shape[1]}-d")
-        # [M, N] cosines, then columns grouped by person (reordering scores, not the matrix: cheaper).
-        scores = (probes @ self._matrix[:self._count].T)[:, order]
-        return persons, np.maximum.reduceat(scores, starts, axis=1)
+        # [M, N] cosines: a matrix product, memory-bound (100k x 128 floats is 51 MB read per search).
+        scores = probes @ self._matrix[:self._count].T
+        return persons, scores if starts is None else np.maximum.reduceat(scores, starts, axis=1)
 
     def top(self, probes: np.ndarray, k: int) -> list[list[tuple[PersonId, float]]]:
         """The `k` most similar persons (person, best cosine), best first, for each probe of [M, D]."""
@@ -279,6 +294,15 @@ class FaceMatcher:
         self._last_match[vote] = now
         window.clear()  # a new match for this track needs a fresh confirmation
         return Decision("match", vote, result.score, result.runner_up_score, votes)
+
+    def forget_person(self, person_id: PersonId) -> None:
+        """A person's face data was deleted: drop their cooldown and every vote for them."""
+        self._last_match.pop(person_id, None)
+        for window in self._tracks.values():
+            if person_id in window:
+                kept = [v if v != person_id else None for v in window]
+                window.clear()
+                window.extend(kept)
 
     def forget(self, key: Hashable) -> None:
         """Drop a track's window (the tracker lost it)."""
