@@ -56,7 +56,7 @@ DOCS = ROOT / "docs"
 SCHEMAS = DOCS / "schemas"
 SITE, GATEWAY = "mall-sh-001", "gw-main"
 # Event types the gateway itself produces, each with a schema in docs/schemas/events/.
-GATEWAY_EVENT_TYPES = ("device.status", ALARM_EVENT_TYPE, "visit.entry", "visit.exit", "zone.dwell", "visit.counts",
+GATEWAY_EVENT_TYPES = ("device.status", ALARM_EVENT_TYPE, "gateway.warning", "visit.entry", "visit.exit", "zone.dwell", "visit.counts",
                        "access.granted", "access.denied")
 
 
