@@ -122,8 +122,9 @@ class Rig:
         door = DoorConfig(id=DOOR, device=DEVICE, reader=READER_ADDRESS, open_for=1.0, methods=["card", "face"])
         self.service = AccessService(self.bus, self.store, self.store.load_policy(), [door], "Asia/Shanghai",
                                      {DEVICE: TimedActuator()})
-        self.bus.subscribe("access", self.service.on_read, READ_EVENT_TYPES)
+        # Subscribed before the access service, so it notes the read before the service decides.
         self.bus.subscribe("card-timing", lambda e: rig.card_events.append(time.perf_counter()), ["access.card_read"])
+        self.bus.subscribe("access", self.service.on_read, READ_EVENT_TYPES)
         self.run(self.bus.start())
         self.reader.start()
         self.driver_task = asyncio.run_coroutine_threadsafe(self.driver.run(), self.loop)
@@ -262,10 +263,10 @@ def card_times(rig: Rig, n: int) -> dict:
     from gateway.access.wiegand import encode_h10301
 
     bits, data = encode_h10301(12, 3456)
-    total, to_event, event_to_output = [], [], []
+    total, to_event, event_to_output, decide, on_bus = [], [], [], [], []
     rng = np.random.default_rng(2)
     for _ in range(n):
-        outputs_before, events_before = len(rig.output_seen), len(rig.card_events)
+        outputs_before, events_before, opens_before = len(rig.output_seen), len(rig.card_events), len(rig.open_called)
         time.sleep(0.2 + 0.1 * rng.random())  # swipes at arbitrary phases of the poll
         t_swipe = time.perf_counter()
         if not rig.reader.swipe(data.hex(), bits):
@@ -275,8 +276,12 @@ def card_times(rig: Rig, n: int) -> dict:
         total.append((t_output - t_swipe) * 1000)
         to_event.append((t_event - t_swipe) * 1000)
         event_to_output.append((t_output - t_event) * 1000)
+        t_open = rig.open_called[opens_before]
+        decide.append((t_open - t_event) * 1000)
+        on_bus.append((t_output - t_open) * 1000)
         time.sleep(0.05)
-    return {"total": total, "to_event": to_event, "event_to_output": event_to_output}
+    return {"total": total, "to_event": to_event, "event_to_output": event_to_output, "decide": decide,
+            "on_bus": on_bus}
 
 
 def main() -> None:
@@ -347,6 +352,8 @@ def main() -> None:
     print(f"      beyond one poll interval {p50_p95(beyond)}")
     print(f"      swipe -> access.card_read on the bus {p50_p95(cards['to_event'])};"
           f" access.card_read -> reader has the output command {p50_p95(cards['event_to_output'])}")
+    print(f"      of which the gateway's decision (access.card_read -> open_door called) {p50_p95(cards['decide'])},"
+          f" and libosdp's next exchange with the reader (open_door -> reader has it) {p50_p95(cards['on_bus'])}")
     print(f"peak RSS {peak_rss_mb():.0f} MB")
 
 

@@ -188,10 +188,6 @@ class FacesConfig(StrictModel):
     warn_enrolled: int = Field(90_000, ge=1, description="raise a gateway.warning as the enrolled persons "
                                "reach this many (search stays fast up to 100,000)")
 
-    @property
-    def min_face_px(self) -> float:
-        return self.match.min_face_px
-
 
 def _time_zone(name: str) -> str:
     try:

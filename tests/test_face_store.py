@@ -25,6 +25,7 @@ import pytest
 from pydantic import ValidationError
 from support import MODELS, ROOT, need
 
+from gateway.access.store import AccessStore
 from gateway.config import load_config
 from gateway.faces import (
     Consent,
@@ -489,9 +490,15 @@ def test_cli_enroll_identify_list_delete_audit(tmp_path, photos):
     assert listed["kid"]["consent"]["under_14"] is True
     assert "sealed" not in done.stdout and "vector" not in done.stdout
 
+    # The gateway had let id00 in by face, and once by card: the face decision is face-derived.
+    with AccessStore(load_config(config).access_store_path) as access:
+        access.append_log([("2026-11-22T08:00:00.000Z", "gate", "face", "id00", True, "granted"),
+                           ("2026-11-22T08:01:00.000Z", "gate", "card", "id00", True, "granted")])
     done = gateway_cli("delete", "--config", config, "--person", "id00")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"person_id": "id00", "templates": 3, "consents": 1}
+    assert json.loads(done.stdout) == {"person_id": "id00", "templates": 3, "consents": 1, "access_log_entries": 1}
+    with AccessStore(load_config(config).access_store_path) as access:
+        assert [e["method"] for e in access.log_entries(person_id="id00")] == ["card"]
     done = gateway_cli("identify", "--config", config, probe)
     assert [f["person_id"] for f in json.loads(done.stdout)] == [None]
 
@@ -520,6 +527,7 @@ def test_cli_refuses_when_faces_are_off_but_still_erases(tmp_path, photos):
         assert done.returncode == 1 and "switched off" in done.stderr, done.stderr
     done = gateway_cli("delete", "--config", off, "--person", "p1")  # erasure is always possible
     assert done.returncode == 0 and json.loads(done.stdout)["templates"] == 1
+    assert json.loads(done.stdout)["access_log_entries"] == 0  # no access store yet: nothing to erase there
 
 
 def test_cli_key_problems_are_clear(tmp_path):

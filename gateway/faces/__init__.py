@@ -20,7 +20,7 @@ _EXPORTS = {
     "Decision": "gallery",
     "FaceStore": "store", "Consent": "store", "GuardianConsent": "store", "ConsentError": "store",
     "FaceStoreError": "store", "FaceStoreKeyError": "store", "load_or_create_key": "store",
-    "key_from_text": "store", "open_face_store": "store", "face_settings": "store",
+    "key_from_text": "store", "open_face_store": "store",
     "EnrolError": "enrol", "embed_images": "enrol", "identify_image": "enrol",
 }
 

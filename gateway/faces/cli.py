@@ -69,26 +69,24 @@ def cli_actor() -> str:
 
 def _load(args: argparse.Namespace, need_enabled: bool):
     from ..config import ConfigError, load_config
-    from .store import face_settings
 
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         raise _Refused(str(exc)) from None
-    settings = face_settings(config)
-    if need_enabled and not settings["enabled"]:
+    if need_enabled and not config.faces.enabled:
         raise _Refused(f"face recognition is switched off for site {config.site_id} (faces.enabled: false in "
                        f"{args.config}); it needs the site's legal basis and notice first")
-    return config, settings
+    return config
 
 
-def _models(settings: dict):
+def _models(config):
     from ..vision.detect import FaceDetector
     from .embed import FaceEmbedder
 
-    directory = models_dir(settings["models_dir"])
-    return (FaceDetector.from_model("yunet", directory, threads=settings["threads"]),
-            FaceEmbedder.from_model(settings["embedder"], directory, threads=settings["threads"]))
+    directory, threads = models_dir(config.models.dir), config.models.threads
+    return (FaceDetector.from_model("yunet", directory, threads=threads),
+            FaceEmbedder.from_model(config.faces.embedder, directory, threads=threads))
 
 
 def _read_images(paths: list[Path]) -> list[bytes]:
@@ -129,7 +127,7 @@ def _enroll(args: argparse.Namespace) -> int:
     from .enrol import embed_images
     from .store import Consent, open_face_store, parse_consent
 
-    config, settings = _load(args, need_enabled=True)
+    config = _load(args, need_enabled=True)
     given_at = _aware(args.given_at)
     guardian = None
     if args.guardian is not None:
@@ -144,11 +142,11 @@ def _enroll(args: argparse.Namespace) -> int:
         "guardian": guardian, "method": args.consent_method}, args.person)
     images = _read_images(args.images)
     with open_face_store(config) as store:  # opened first: a wrong key fails before the models load
-        detector, embedder = _models(settings)
-        vectors = embed_images(images, detector, embedder, settings["min_face_px"],
+        detector, embedder = _models(config)
+        vectors = embed_images(images, detector, embedder, config.faces.match.min_face_px,
                                names=[str(p) for p in args.images])
         del images
-        added = store.enrol(args.person, vectors, consent, settings["embedder"], cli_actor())
+        added = store.enrol(args.person, vectors, consent, config.faces.embedder, cli_actor())
     print(json.dumps({"person_id": args.person, "templates": added}))
     return 0
 
@@ -157,13 +155,14 @@ def _identify(args: argparse.Namespace) -> int:
     from .enrol import identify_image
     from .store import open_face_store
 
-    config, settings = _load(args, need_enabled=True)
+    config = _load(args, need_enabled=True)
+    match = config.faces.match
     image = _read_images([args.image])[0]
     with open_face_store(config) as store:
-        gallery = store.load_gallery(settings["embedder"], purpose=args.purpose)
-    detector, embedder = _models(settings)
-    faces = identify_image(image, detector, embedder, gallery, threshold=settings["threshold"],
-                           margin=settings["margin"], min_face_px=settings["min_face_px"])
+        gallery = store.load_gallery(config.faces.embedder, purpose=args.purpose)
+    detector, embedder = _models(config)
+    faces = identify_image(image, detector, embedder, gallery, threshold=match.threshold,
+                           margin=match.margin, min_face_px=match.min_face_px)
     print(json.dumps(faces))
     return 0
 
@@ -171,16 +170,24 @@ def _identify(args: argparse.Namespace) -> int:
 def _delete(args: argparse.Namespace) -> int:
     from .store import open_face_store
 
-    config, _ = _load(args, need_enabled=False)
+    from ..access.store import AccessStore
+
+    config = _load(args, need_enabled=False)
     with open_face_store(config) as store:
-        print(json.dumps(store.delete_person(args.person, cli_actor())))
+        result = store.delete_person(args.person, cli_actor())
+    # The person's decisions by face in the local access log are face-derived records too.
+    result["access_log_entries"] = 0
+    if config.access_store_path.exists():
+        with AccessStore(config.access_store_path) as access:
+            result["access_log_entries"] = access.delete_face_records(args.person)
+    print(json.dumps(result))
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
     from .store import open_face_store
 
-    config, _ = _load(args, need_enabled=False)
+    config = _load(args, need_enabled=False)
     with open_face_store(config) as store:
         print(json.dumps(store.person_summaries(), indent=1))
     return 0
@@ -189,7 +196,7 @@ def _list(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from .store import open_face_store
 
-    config, _ = _load(args, need_enabled=False)
+    config = _load(args, need_enabled=False)
     with open_face_store(config) as store:
         if args.verify:
             ok, problem = store.verify_audit()

@@ -67,6 +67,7 @@ from pydantic import (
 from ..validation import StrictModel
 
 if TYPE_CHECKING:
+    from ..config import SiteConfigBase
     from .gallery import FaceGallery
 
 log = logging.getLogger(__name__)
@@ -687,57 +688,22 @@ class FaceStore:
 # ------------------------------------------------------------------------------- from a config
 
 
-def face_settings(config) -> dict:
-    """The face settings of a site config, read defensively (defaults where a key is absent):
-    enabled, store, key_file, key (base64 text or None), embedder, threshold, margin, min_face_px,
-    models_dir."""
-    faces = getattr(config, "faces", None)
-    match = getattr(faces, "match", None)
-    storage = getattr(config, "storage", None)
-    storage_path = Path(getattr(storage, "path", None) or "var/gateway.db")
-    store = getattr(faces, "store", None)
-    store = Path(store) if store else storage_path.parent / "faces.db"
-    key_file = getattr(faces, "key_file", None)
-    key_file = Path(key_file) if key_file else store.parent / "faces.key"
-    key = getattr(faces, "key", None)
-    if key is not None and hasattr(key, "get_secret_value"):
-        key = key.get_secret_value()
-    min_face_px = getattr(match, "min_face_px", None)
-    if min_face_px is None:
-        min_face_px = getattr(faces, "min_face_px", 48.0)
-    models = getattr(config, "models", None)
-    return {
-        "enabled": bool(getattr(faces, "enabled", False)),
-        "store": store,
-        "key_file": key_file,
-        "key": key or None,
-        "embedder": getattr(faces, "embedder", None) or "mobilefacenet",
-        "threshold": float(getattr(match, "threshold", 0.45)),
-        "margin": float(getattr(match, "margin", 0.05)),
-        "min_face_px": float(min_face_px),
-        "models_dir": getattr(models, "dir", None),
-        "threads": int(getattr(models, "threads", 1) or 1),
-        "synchronous": getattr(storage, "synchronous", "full") or "full",
-    }
-
-
-def resolve_key(settings: dict, store_path: Path, env: dict[str, str] | None = None) -> bytes:
-    """The store's key: the config's `faces.key` (base64), else $GATEWAY_FACES_KEY, else the key file
-    (created on first use, but never beside an existing store: a new key could not open it)."""
+def resolve_key(key_file: Path, store_path: Path, env: dict[str, str] | None = None) -> bytes:
+    """The store's key: $GATEWAY_FACES_KEY (base64), else the key file (created on first use, but
+    never beside an existing store: a new key could not open it)."""
     env = os.environ if env is None else env
-    text = settings.get("key") or env.get(KEY_ENV)
+    text = env.get(KEY_ENV)
     if text:
         return key_from_text(text)
-    key_file = Path(settings["key_file"])
+    key_file = Path(key_file)
     if not key_file.exists() and store_path.exists() and store_path.stat().st_size > 0:
         raise FaceStoreKeyError(f"the face store {store_path} exists but its key file {key_file} does not; "
                                 f"restore the key file (or set ${KEY_ENV}) — a new key cannot open it")
     return load_or_create_key(key_file)
 
 
-def open_face_store(config, env: dict[str, str] | None = None) -> FaceStore:
+def open_face_store(config: SiteConfigBase, env: dict[str, str] | None = None) -> FaceStore:
     """The site's face store, from its config (store path, key) — for the gateway and the command line."""
-    settings = face_settings(config)
-    store_path = settings["store"]
-    key = resolve_key(settings, store_path, env)
-    return FaceStore(store_path, key, synchronous=settings["synchronous"])
+    store_path = config.faces_store_path
+    key = resolve_key(config.faces_key_path, store_path, env)
+    return FaceStore(store_path, key, synchronous=config.storage.synchronous)
