@@ -503,3 +503,28 @@ def test_interleaved_adds_are_regrouped_and_still_searched_right():
     assert np.allclose(scores[0], [expected[p] for p in persons], atol=1e-5)
     assert gallery.person_ids() == ["a", "a", "a", "b", "b", "c"]  # rows grouped, each person's in order
     assert np.allclose(gallery.vectors[:3], [v for p, v in rows if p == "a"], atol=1e-6)
+
+
+def test_a_big_gallery_searched_through_the_int8_prescreen_finds_what_the_exact_search_finds():
+    """Above `prescreen_from` templates the candidates come from int8 copies; the decision must not
+    change: same best person, same (exact) scores, same runner-up."""
+    rng = np.random.default_rng(11)
+    persons, dim = 6000, 128
+    rows = rng.standard_normal((persons * 4, dim)).astype(np.float32)  # four templates per person
+    owners = [f"p{i % persons}" for i in range(len(rows))]  # interleaved adds: rows get regrouped
+    exact, fast = FaceGallery(dim, prescreen_from=10**9), FaceGallery(dim, prescreen_from=1000)
+    for gallery in (exact, fast):
+        for owner, row in zip(owners, rows):
+            gallery.add(owner, row)
+    fast.prepare()
+    assert fast._prescreen is not None and exact._prescreen is None
+    # Probes: noisy views of enrolled templates (a member at the gate), and strangers.
+    members = rows[rng.choice(len(rows), 150, replace=False)] + 0.6 * rng.standard_normal((150, dim)).astype(np.float32)
+    strangers = rng.standard_normal((50, dim)).astype(np.float32)
+    probes = np.vstack([members, strangers])
+    same_runner_up = 0
+    for want, got in zip(exact.search(probes), fast.search(probes)):
+        assert got.person_id == want.person_id
+        assert got.score == pytest.approx(want.score, abs=1e-5)
+        same_runner_up += abs(got.runner_up_score - want.runner_up_score) < 1e-5
+    assert same_runner_up >= 0.98 * len(probes), same_runner_up

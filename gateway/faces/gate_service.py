@@ -105,6 +105,9 @@ class GalleryHolder:
                 if self._gallery is None or self._stale or generation != self.generation:
                     self._stale = False  # before loading: an invalidate() during the load is kept
                     loaded = self._load()
+                    prepare = getattr(loaded, "prepare", None)
+                    if prepare is not None:  # grouping and the int8 prescreen, here rather than in a search
+                        prepare()
                     self._gallery, self.generation = loaded, generation  # the swap: one assignment each
                     self.reloads += 1
             except Exception:
