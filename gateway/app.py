@@ -28,6 +28,9 @@ from .commands import CommandError, CommandRouter
 from .config import ConfigError, SiteConfigBase, load_config
 from .events import Event, utc_timestamp
 from .faces.service import FaceService
+from .points.ledger import PointsLedger
+from .pos.sales import SalesService, SalesStore
+from .points.service import PointsService
 from .frames import FrameHub
 from .health import DeviceHealth, DeviceState, HealthRegistry
 from .outbox import Outbox
@@ -71,6 +74,8 @@ class Gateway:
         self.commands: CommandRouter | None = None
         self.access: AccessService | None = None
         self.faces: FaceService | None = None
+        self.points: PointsService | None = None
+        self.sales: SalesService | None = None
         self.api_server: _EmbeddedServer | None = None
         self.api_port: int | None = None
         self._stop: asyncio.Event | None = None
@@ -103,6 +108,18 @@ class Gateway:
         self.faces = FaceService(self.bus, self.frames, self.config, self.config.gateway_id, self.access)
         self.commands.register("faces.enroll", self.faces.enroll_command)
         self.commands.register("faces.delete", self.faces.delete_command)
+        self.commands.register("points.sync", self._points_sync)
+        if self.config.points.enabled:
+            ledger = await asyncio.to_thread(PointsLedger, self.config.points_store_path, self.config.storage.synchronous)
+            self.points = PointsService(self.bus, ledger, self.config.points, self.config.site_id,
+                                        self.config.gateway_id, self.config.timezone)
+            self.points.subscribe()
+        sales_store = await asyncio.to_thread(SalesStore, self.config.pos_store_path)
+        self.sales = SalesService(self.bus, sales_store, self.config.site_id, self.config.pos.templates,
+                                  self.config.pos.attribution_window, self.config.timezone,
+                                  member_for_code=self._member_for_code, category_of=self._category_of)
+        self.bus.subscribe("sales", self.sales.on_receipt, ["pos.receipt"])
+        self.bus.subscribe("sales-members", self.sales.on_member_seen, ["pos.member_scan", "member.identified"])
         self.uplink = Uplink(self.config.uplink, site_id=self.config.site_id, gateway_id=self.config.gateway_id,
                              outbox=self.outbox, status=self._status_summary, commands=self.commands.dispatch)
         self.uplink.start()
@@ -157,6 +174,10 @@ class Gateway:
         await asyncio.to_thread(self.outbox.close)  # commits what is queued
         if self.access is not None:
             self.access.store.close()
+        if self.points is not None:
+            self.points.ledger.close()
+        if self.sales is not None:
+            self.sales.store.close()
         log.info("gateway stopped")
 
     async def _let_uplink_catch_up(self, timeout: float) -> None:
@@ -236,6 +257,18 @@ class Gateway:
     async def _ping(self, args: dict) -> dict:
         return {"pong": True, "ts": utc_timestamp(), "version": __version__, "uptime_s": self.uptime()}
 
+    def _member_for_code(self, code: str) -> str | None:
+        """A member code scanned at a till: the member `points.sync` gave it to."""
+        return self.points.ledger.member_for_code(code) if self.points is not None else None
+
+    def _category_of(self, store: str) -> str | None:
+        return self.config.points.stores.get(store)
+
+    async def _points_sync(self, args: dict) -> dict:
+        if self.points is None:
+            raise CommandError("points are off at this gateway (points.enabled: false)")
+        return await self.points.sync_command(args)
+
     async def _reload_command(self, args: dict) -> dict:
         return await self.reload()
 
@@ -253,6 +286,10 @@ class Gateway:
         restart_required = [name for name in ("uplink", "storage", "models") if getattr(new, name) != getattr(old, name)]
         if new.access_store_path != old.access_store_path:
             restart_required.append("access.store")
+        if new.pos_store_path != old.pos_store_path:
+            restart_required.append("pos.store")
+        if (new.points.enabled, new.points_store_path) != (old.points.enabled, old.points_store_path):
+            restart_required.append("points")
         faces_at_start = ("enabled", "store", "key_file", "embedder")
         if any(getattr(new.faces, k) != getattr(old.faces, k) for k in faces_at_start):
             restart_required.append("faces")
@@ -272,6 +309,10 @@ class Gateway:
         await asyncio.to_thread(self.visits.apply, new.devices)
         if self.faces is not None:
             await asyncio.to_thread(self.faces.reconfigure, self.config)
+        if self.points is not None:
+            self.points.reconfigure(new.points, new.timezone)
+        if self.sales is not None:
+            self.sales.reconfigure(new.pos.templates, new.pos.attribution_window, new.timezone)
         log.info("config reloaded: %s; restart required for: %s", changes, restart_required or "nothing")
         return {"devices": changes, "restart_required": restart_required}
 

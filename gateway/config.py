@@ -33,6 +33,8 @@ from pydantic import (
 from drivers import registry
 from drivers.base import DeviceConfig
 
+from .points.rules import PointsConfig
+from .pos.fields import BUILTIN_TEMPLATES, ReceiptTemplate
 from .validation import Duration, StrictModel
 
 # ----------------------------------------------------------------------------------- sections
@@ -189,6 +191,25 @@ class FacesConfig(StrictModel):
                                "reach this many (search stays fast up to 100,000)")
 
 
+class PosConfig(StrictModel):
+    store: Path | None = Field(None, description="sales seen and unreadable receipts; default: pos.db beside "
+                                                 "storage.path")
+    templates: list[ReceiptTemplate] = Field(default_factory=list, description="receipt templates by name, "
+                                             "for tills whose receipts the built-in zh and en ones do not read")
+    attribution_window: Duration = Field(120.0, gt=0, description="a member code scanned (or a face recognised) "
+                                         "at a till this long before the receipt credits the sale")
+    till_cameras: dict[str, str] = Field(default_factory=dict, description="till device id -> a camera whose "
+                                         "recognised members are credited (needs faces.enabled and consent "
+                                         "to `points`)")
+
+    @model_validator(mode="after")
+    def _template_names_unique(self) -> "PosConfig":
+        names = [t.name for t in self.templates]
+        if len(set(names)) != len(names):
+            raise ValueError("template names must be unique")
+        return self
+
+
 def _time_zone(name: str) -> str:
     try:
         ZoneInfo(name)
@@ -208,6 +229,8 @@ class SiteConfigBase(StrictModel):
         "UTC", description="the site's IANA time zone: access time windows are in its local time")
     access: AccessConfig = Field(default_factory=AccessConfig)
     faces: FacesConfig = Field(default_factory=FacesConfig)
+    points: PointsConfig = Field(default_factory=PointsConfig)
+    pos: PosConfig = Field(default_factory=PosConfig)
     devices: list[DeviceConfig] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -227,11 +250,32 @@ class SiteConfigBase(StrictModel):
             if "face" in door.methods and not self.faces.enabled:
                 raise ValueError(f"door {door.id}: face is among its methods but face recognition is off "
                                  "at this site (faces.enabled: false)")
+        templates = {t.name for t in self.pos.templates} | set(BUILTIN_TEMPLATES)
+        for device in self.devices:
+            template = getattr(device, "template", None)
+            if template is not None and template not in templates:
+                raise ValueError(f"device {device.id}: no receipt template {template!r} "
+                                 f"(pos.templates, or the built-in {', '.join(sorted(BUILTIN_TEMPLATES))})")
+        for till, camera in self.pos.till_cameras.items():
+            if kinds.get(camera) != "camera":
+                raise ValueError(f"pos.till_cameras: {camera!r} (for till {till}) is not a camera in devices")
+            if till not in kinds:
+                raise ValueError(f"pos.till_cameras: no till device {till!r} in devices")
+            if not self.faces.enabled:
+                raise ValueError("pos.till_cameras needs face recognition on at this site (faces.enabled)")
         return self
 
     @property
     def access_store_path(self) -> Path:
         return self.access.store or self.storage.path.parent / "access.db"
+
+    @property
+    def pos_store_path(self) -> Path:
+        return self.pos.store or self.storage.path.parent / "pos.db"
+
+    @property
+    def points_store_path(self) -> Path:
+        return self.points.store or self.storage.path.parent / "points.db"
 
     @property
     def faces_store_path(self) -> Path:

@@ -46,16 +46,23 @@ log = logging.getLogger("gateway.faces.gates")
 
 MODEL_RETRY_INTERVAL = 60.0  # seconds between attempts to load a missing or broken model
 IDENTIFIED = "access.identified"
+MEMBER_IDENTIFIED = "member.identified"
 
 
 @dataclass(frozen=True)
 class GateSpec:
-    """A face gate: the door it opens, the camera that watches it, its match policy and analysed fps."""
+    """A face gate: the door it opens, the camera that watches it, its match policy and analysed fps.
+
+    With `till` set instead, the camera watches a till: a match credits the member's purchase there
+    (`member.identified` {till, member_id}) rather than opening a door; `door_id` then names the
+    till's gate for status and logs.
+    """
 
     door_id: str
     camera_id: str
     policy: MatchPolicy
     fps: float = 10.0
+    till: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -283,6 +290,10 @@ class FaceGateService:
         spec = worker.spec
         worker.matches += 1
         try:
+            if spec.till is not None:
+                self.bus.publish(Event(MEMBER_IDENTIFIED, spec.camera_id, {
+                    "till": spec.till, "member_id": str(person_id), "score": round(float(score), 4)}, internal=True))
+                return
             self.bus.publish(Event(IDENTIFIED, spec.camera_id, {
                 "door": spec.door_id, "reader": None, "method": "face", "value": str(person_id),
                 "score": round(float(score), 4)}, internal=True))

@@ -45,6 +45,7 @@ log = logging.getLogger("gateway.faces")
 GALLERY_CAPACITY = 100_000  # the in-memory search is sized (and benchmarked) for this many members
 MAX_ENROL_IMAGES = 10
 ACCESS_PURPOSE = "access"  # persons whose consent covers door access are in the gates' gallery
+POINTS_PURPOSE = "points"  # ... and those whose consent covers points are recognised at tills
 PLATFORM_ACTOR = "platform"
 
 
@@ -63,6 +64,15 @@ def gate_specs(config: SiteConfigBase) -> list[GateSpec]:
             for door in config.access.doors if door.camera is not None]
 
 
+def till_specs(config: SiteConfigBase) -> list[GateSpec]:
+    """Till cameras (`pos.till_cameras`): a recognised member is credited with the till's next sale."""
+    if not config.faces.enabled:
+        return []
+    policy = match_policy(config)
+    return [GateSpec(f"till:{till}", camera, policy, config.faces.gate_fps, till=till)
+            for till, camera in config.pos.till_cameras.items()]
+
+
 class FaceService:
     def __init__(self, bus: EventBus, frames: FrameHub, config: SiteConfigBase, gateway_id: str,
                  access: AccessService | None = None):
@@ -73,6 +83,7 @@ class FaceService:
         self.access = access
         self.store: FaceStore | None = None
         self.gates: FaceGateService | None = None
+        self.till_gates: FaceGateService | None = None
         self._models: tuple[Any, Any] | None = None
         self._models_lock = threading.Lock()
         self._warned = False
@@ -95,6 +106,11 @@ class FaceService:
         self.gates = FaceGateService(self.bus, self.frames, models_dir(config.models.dir), config.models.threads,
                                      holder, embedder_name=embedder)
         self.gates.apply(gate_specs(config))
+        # Tills have a gallery of their own: the members whose consent covers points.
+        tills = GalleryHolder(lambda: store.load_gallery(embedder, purpose=POINTS_PURPOSE), store.generation)
+        self.till_gates = FaceGateService(self.bus, self.frames, models_dir(config.models.dir), config.models.threads,
+                                          tills, embedder_name=embedder)
+        self.till_gates.apply(till_specs(config))
         self._check_capacity()
 
     def reconfigure(self, config: SiteConfigBase, actor: str = "config-reload") -> None:
@@ -104,10 +120,13 @@ class FaceService:
             self.store.record_threshold_change(old.faces.match.model_dump(), config.faces.match.model_dump(), actor)
         if self.gates is not None:
             self.gates.apply(gate_specs(config))
+        if self.till_gates is not None:
+            self.till_gates.apply(till_specs(config))
 
     def stop(self) -> None:
-        if self.gates is not None:
-            self.gates.stop()
+        for gates in (self.gates, self.till_gates):
+            if gates is not None:
+                gates.stop()
         if self.store is not None:
             self.store.close()
 
@@ -115,7 +134,7 @@ class FaceService:
         store = self.store
         return {"enabled": self.config.faces.enabled,
                 "enrolled": store.count_persons() if store is not None else 0,
-                "gates": self.gates.status() if self.gates is not None else []}
+                "gates": [g for gates in (self.gates, self.till_gates) if gates is not None for g in gates.status()]}
 
     # ----------------------------------------------------------------------------- commands
 
@@ -148,8 +167,9 @@ class FaceService:
         detector, embedder = self._enrolment_models()
         vectors = embed_images(photos, detector, embedder, self.config.faces.match.min_face_px)
         added = self.store.enrol(person_id, vectors, consent, self.config.faces.embedder, PLATFORM_ACTOR)
-        if self.gates is not None:
-            self.gates.gallery.invalidate()
+        for gates in (self.gates, self.till_gates):
+            if gates is not None:
+                gates.gallery.invalidate()
         return added
 
     def _enrolment_models(self) -> tuple[Any, Any]:
@@ -174,8 +194,9 @@ class FaceService:
         result = {"person_id": person_id, "templates": 0, "consents": 0}
         if self.store is not None:
             result = await asyncio.to_thread(self.store.delete_person, person_id, actor)
-        if self.gates is not None:
-            self.gates.forget_person(person_id)
+        for gates in (self.gates, self.till_gates):
+            if gates is not None:
+                gates.forget_person(person_id)
         if self.access is not None:
             result["access_log_entries"] = await self.access.forget_face_records(person_id)
         return result
