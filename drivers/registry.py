@@ -10,7 +10,8 @@ import importlib
 
 from .base import Driver
 
-BUILTIN_MODULES = ("drivers.http_ingest", "drivers.camera", "drivers.osdp", "drivers.hikvision", "drivers.zkteco")
+BUILTIN_MODULES = ("drivers.http_ingest", "drivers.camera", "drivers.osdp", "drivers.hikvision", "drivers.zkteco",
+                   "drivers.pos_serial", "drivers.pos_tcp", "drivers.pos_webhook", "drivers.barcode_scanner")
 
 _drivers: dict[str, type[Driver]] = {}
 _builtins_loaded = False

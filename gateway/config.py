@@ -256,6 +256,10 @@ class SiteConfigBase(StrictModel):
             if template is not None and template not in templates:
                 raise ValueError(f"device {device.id}: no receipt template {template!r} "
                                  f"(pos.templates, or the built-in {', '.join(sorted(BUILTIN_TEMPLATES))})")
+        for device in self.devices:
+            if device.kind == "barcode_scanner" and not kinds.get(device.till, "").startswith("pos_"):
+                raise ValueError(f"device {device.id}: its till {device.till!r} is not a pos_serial, pos_tcp or "
+                                 "pos_webhook device")
         for till, camera in self.pos.till_cameras.items():
             if kinds.get(camera) != "camera":
                 raise ValueError(f"pos.till_cameras: {camera!r} (for till {till}) is not a camera in devices")
