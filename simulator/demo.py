@@ -20,6 +20,8 @@ from .brokers import EmbeddedBroker
 from .camera import MjpegCamera
 from .devices.cardholders import CardHolders, site_access_sync
 from .devices.face_visitors import LoungeMembers, enrol_commands, gate_visitors
+from .devices.shoppers import Shoppers, members_sync
+from .till import VirtualPrinter, VirtualScanner, VirtualTill
 from .face_terminals import VirtualHikvisionTerminal
 from .gate_camera import GateCamera
 from .osdp_reader import VirtualOsdpReader
@@ -82,6 +84,50 @@ def _serve_terminals(config: SiteConfigBase) -> tuple[SiteConfigBase, dict[str, 
     return config.model_copy(update={"devices": devices}), terminals
 
 
+class DemoTills:
+    """Each POS device gets a virtual till: on a pseudo-terminal with a virtual printer behind the tap
+    (`pos_serial`), or printing over TCP to the gateway's listener (`pos_tcp`); a `barcode_scanner`
+    gets a virtual scanner. Receipt numbers start from the clock, so that a demo run after another
+    (same data folder) prints new receipts rather than repeats."""
+
+    def __init__(self) -> None:
+        self.tills: dict[str, VirtualTill] = {}
+        self.scanners: dict[str, VirtualScanner] = {}  # till device id -> its scanner
+        self._others: list = []
+
+    def serve(self, config: SiteConfigBase) -> SiteConfigBase:
+        first_no = int(time.time()) % 100_000 * 100
+        devices = []
+        for n, device in enumerate(config.devices):
+            if device.kind == "pos_serial":
+                till = VirtualTill(seed=n, lang="zh", first_no=first_no).start()
+                printer = VirtualPrinter().start()
+                self.tills[device.id], self._others = till, self._others + [printer]
+                device = device.model_copy(update={"port": till.port, "printer_port": printer.port})
+                print(f"virtual till {device.id} on {till.port} (its printer on {printer.port})", flush=True)
+            elif device.kind == "pos_tcp":
+                port = free_port()
+                self.tills[device.id] = VirtualTill(seed=n, lang="en", first_no=first_no,
+                                                    tcp=("127.0.0.1", port)).start()
+                device = device.model_copy(update={"listen_host": "127.0.0.1", "listen_port": port,
+                                                   "allow": ["127.0.0.1"], "printer_host": None})
+                print(f"virtual till {device.id} printing to 127.0.0.1:{port}", flush=True)
+            elif device.kind == "barcode_scanner":
+                scanner = VirtualScanner().start()
+                self.scanners[device.till] = scanner
+                device = device.model_copy(update={"port": scanner.port})
+            devices.append(device)
+        return config.model_copy(update={"devices": devices})
+
+    def shoppers(self) -> list[VirtualDevice]:
+        return [Shoppers(device_id, till, self.scanners.get(device_id), seed=n).start()
+                for n, (device_id, till) in enumerate(self.tills.items())]
+
+    def stop(self) -> None:
+        for device in [*self.tills.values(), *self.scanners.values(), *self._others]:
+            device.stop()
+
+
 def _demo_config(config: SiteConfigBase, host: str, port: int, protocol: str, data_dir: Path,
                  api_port: int) -> SiteConfigBase:
     """The site's config, pointed at the demo's broker and data folder."""
@@ -109,16 +155,22 @@ class Summary:
         granted_events = self.platform.events(type="access.granted", site_id=cfg.site_id, gateway_id=cfg.gateway_id)
         granted = len(granted_events)
         by_face = sum(1 for e in granted_events if e["data"].get("method") == "face")
+        sales = self.platform.count(type="sale.captured", site_id=cfg.site_id, gateway_id=cfg.gateway_id)
+        awarded = sum(e["data"]["points"] for e in self.platform.events(
+            type="points.awarded", site_id=cfg.site_id, gateway_id=cfg.gateway_id))
+        reversed_ = sum(e["data"]["points"] for e in self.platform.events(
+            type="points.reversed", site_id=cfg.site_id, gateway_id=cfg.gateway_id))
         denied = self.platform.count(type="access.denied", site_id=cfg.site_id, gateway_id=cfg.gateway_id)
         exits = self.platform.count(type="visit.exit", site_id=cfg.site_id, gateway_id=cfg.gateway_id)
         return (f"[{time.monotonic() - self.started:6.0f}s] produced {produced:6d} | stored {stats.counters.get('accepted', 0):6d}"
                 f" | delivered {delivered:6d} | backlog {stats.backlog_events:5d} | devices online"
-                f" {health['online']}/{health['total']} | people in {visits} out {exits} | doors opened {granted} (by face {by_face}) denied {denied} | uplink {uplink}")
+                f" {health['online']}/{health['total']} | people in {visits} out {exits} | doors opened {granted} (by face {by_face}) denied {denied} | sales {sales} points +{awarded} -{reversed_} | uplink {uplink}")
 
 
 async def _run(gateway: Gateway, platform: PlatformStandIn, duration: float | None, cameras: int = 0,
                readers: dict[str, VirtualOsdpReader] | None = None,
-               terminals: dict[str, VirtualHikvisionTerminal] | None = None) -> list[VirtualDevice]:
+               terminals: dict[str, VirtualHikvisionTerminal] | None = None,
+               tills: DemoTills | None = None) -> list[VirtualDevice]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, gateway.request_stop)
@@ -145,6 +197,11 @@ async def _run(gateway: Gateway, platform: PlatformStandIn, duration: float | No
             devices.append(CardHolders(device_id, reader).start())
     for device_id, terminal in (terminals or {}).items():
         devices.append(LoungeMembers(device_id, terminal).start())
+    if tills is not None and tills.tills:
+        if cfg.points.enabled:  # the platform sends the members' balances, tiers and codes
+            await asyncio.to_thread(platform.wait_ack, platform.send_command(
+                cfg.site_id, cfg.gateway_id, "points.sync", members_sync()), 15)
+        devices.extend(tills.shoppers())
     summary = Summary(gateway, platform, devices)
     tty = sys.stdout.isatty()
     print(f"demo site {gateway.config.site_id}: gateway API http://127.0.0.1:{gateway.api_port}/docs, "
@@ -191,10 +248,13 @@ def run_demo(config_path: Path, broker: str | None, duration: float | None, data
     config, cameras = _serve_cameras(config)
     config, readers = _serve_readers(config)
     config, terminals = _serve_terminals(config)
+    tills = DemoTills()
+    config = tills.serve(config)
     gateway = Gateway(_demo_config(config, host, port_number, protocol, data_dir, api_port))
     try:
-        asyncio.run(_run(gateway, platform, duration, len(cameras), readers, terminals))
+        asyncio.run(_run(gateway, platform, duration, len(cameras), readers, terminals, tills))
     finally:
+        tills.stop()
         for camera in cameras:
             camera.stop()
         for reader in readers.values():

@@ -87,7 +87,9 @@ def test_demo_mall_values():
     assert int(config.storage.max_bytes) == 2 * 1024**3
     assert config.storage.max_age == 30 * 86400
     assert [d.id for d in config.devices] == ["parking-b2", "parking-b3", "cam-entrance-1", "osdp-staff", "osdp-gate",
-                                              "cam-staff-gate", "lounge-terminals"]
+                                              "cam-staff-gate", "lounge-terminals", "till-s101", "scanner-s101",
+                                              "till-s205"]
+    assert config.points.enabled and config.points.campaigns[0].weekdays == ["tue"]
     assert config.faces.enabled and [d.methods for d in config.access.doors] == [
         ["card", "pin", "qr"], ["card", "pin", "face"], ["card", "face"]]
     assert config.devices[0].stale_after == 120

@@ -26,15 +26,17 @@ def test_demo_runs_a_site_end_to_end_and_stops(tmp_path):
     assert int(numbers["backlog"]) == 0
     online, total = map(int, re.search(r"devices online (\d+)/(\d+)", final[0]).groups())
     # Two car parks, the entrance camera, the staff entrance's reader bus, the staff face gate's reader
-    # bus and camera, and the lounge's face terminal.
-    assert total == 7
+    # bus and camera, the lounge's face terminal, two tills and a member-code scanner.
+    assert total == 10
     # The cameras play ../shared/data (always there in CI); without it, they are rightly offline.
     shared = ROOT.parent / "shared" / "data"
-    assert online == 7 - (not (shared / "video").exists()) - (not (shared / "faces").exists())
+    assert online == 10 - (not (shared / "video").exists()) - (not (shared / "faces").exists())
     opened, by_face, denied = map(int, re.search(r"doors opened (\d+) \(by face (\d+)\) denied (\d+)",
                                                  final[0]).groups())
     assert opened + denied >= 1  # a card was swiped at the staff entrance and decided
     assert by_face >= 1  # a face opened a door: the lounge terminal's, or the staff gate's by the gateway
+    sales, awarded = map(int, re.search(r"sales (\d+) points \+(\d+)", final[0]).groups())
+    assert sales >= 1 and awarded >= 1  # tills printed receipts, and members earned points
     if (shared / "faces").exists():  # the gate camera's staff were recognised by the gateway itself
         with sqlite3.connect(tmp_path / "access.db") as db:
             gate = db.execute("SELECT count(*) FROM access_log WHERE door = 'staff-face-gate' AND method = 'face' "
