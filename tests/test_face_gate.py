@@ -201,7 +201,10 @@ async def wait_until(condition, timeout: float) -> bool:
     return True
 
 
-def test_the_gate_service_opens_once_for_a_visitor_over_a_real_mjpeg_camera(photos, enrolled):
+@pytest.mark.parametrize("till", [None, "till-s101"], ids=["door", "till"])
+def test_the_gate_service_opens_once_for_a_visitor_over_a_real_mjpeg_camera(photos, enrolled, till):
+    """At a door, a member recognised becomes one `access.identified`; at a till (a camera watching
+    the customer), one `member.identified` that credits the till's next sale."""
     need(MODELS / "face_detection_yunet_2026may.onnx")
     gallery = gallery_of(enrolled)
     holder = GalleryHolder(lambda: gallery, lambda: 1)
@@ -216,9 +219,9 @@ def test_the_gate_service_opens_once_for_a_visitor_over_a_real_mjpeg_camera(phot
         supervisor = Supervisor(bus, health)
         await supervisor.apply([CameraSettings(id="gate-cam-1", kind="camera", url=camera.url, fps=10)])
         service = FaceGateService(bus, supervisor.frames, MODELS, 1, holder)
-        service.apply([GateSpec("north-gate", "gate-cam-1", POLICY, fps=10)])
+        service.apply([GateSpec("north-gate", "gate-cam-1", POLICY, fps=10, till=till)])
         try:
-            assert await wait_until(lambda: any(e.type == "access.identified" for e in seen), 40), service.status()
+            assert await wait_until(lambda: any(e.type == expected for e in seen), 40), service.status()
             first = time.monotonic()
             # Two more rounds of both visitors: the cooldown keeps it to one opening.
             await asyncio.sleep(2 * camera.round_s)
@@ -229,18 +232,23 @@ def test_the_gate_service_opens_once_for_a_visitor_over_a_real_mjpeg_camera(phot
             await bus.stop()
         return seen, status, time.monotonic() - first
 
+    expected = "access.identified" if till is None else "member.identified"
     with GateCamera(visitors, fps=10) as camera:
         seen, status, _ = asyncio.run(scenario(camera))
-    identified = [e for e in seen if e.type == "access.identified"]
+    identified = [e for e in seen if e.type == expected]
     assert len(identified) == 1, [e.data for e in identified]
     event = identified[0]
     assert event.internal and event.device_id == "gate-cam-1"
-    assert set(event.data) == {"door", "reader", "method", "value", "score"}
-    assert event.data["door"] == "north-gate" and event.data["reader"] is None
-    assert event.data["method"] == "face" and event.data["value"] == "id00"
+    if till is None:
+        assert set(event.data) == {"door", "reader", "method", "value", "score"}
+        assert event.data["door"] == "north-gate" and event.data["reader"] is None
+        assert event.data["method"] == "face" and event.data["value"] == "id00"
+    else:
+        assert set(event.data) == {"till", "member_id", "score"}
+        assert event.data["till"] == till and event.data["member_id"] == "id00"
     assert POLICY.threshold <= event.data["score"] <= 1.0
     # Nothing is published for strangers or unconfirmed frames; they are counted.
-    assert {e.type for e in seen} <= {"access.identified", "device.status"}
+    assert {e.type for e in seen} <= {expected, "device.status"}
     assert status["state"] == "running" and status["error"] is None and status["matches"] == 1
     assert status["door"] == "north-gate" and status["camera"] == "gate-cam-1"
     assert status["frames"] > 30 and status["verdicts"].get("stranger", 0) > 0
