@@ -263,8 +263,8 @@ class SiteConfigBase(StrictModel):
         for till, camera in self.pos.till_cameras.items():
             if kinds.get(camera) != "camera":
                 raise ValueError(f"pos.till_cameras: {camera!r} (for till {till}) is not a camera in devices")
-            if till not in kinds:
-                raise ValueError(f"pos.till_cameras: no till device {till!r} in devices")
+            if not kinds.get(till, "").startswith("pos_"):
+                raise ValueError(f"pos.till_cameras: {till!r} is not a pos_serial, pos_tcp or pos_webhook device")
             if not self.faces.enabled:
                 raise ValueError("pos.till_cameras needs face recognition on at this site (faces.enabled)")
         return self

@@ -239,12 +239,13 @@ def test_cli_parse_prints_receipts_and_unparsed_ones(tmp_path, capsys):
     capture.write_bytes(build_receipt(SUPERMARKET.splitlines(), qr="https://example.cn/q")
                         + build_receipt(["欢迎光临", "谢谢"], cut="full"))
     config = tmp_path / "site.yaml"
-    config.write_text("site_id: s\npos:\n  templates:\n    - name: mine\n"
+    site = "site_id: s\ngateway_id: g\napi: {token: a-token-of-24-characters}\ntimezone: Asia/Shanghai\n"
+    config.write_text(site + "pos:\n  templates:\n    - name: mine\n"
                       "      receipt_no: '单号：(?P<receipt_no>\\S+)'\n"
                       "      total: '^应收：\\s*(?P<total>[\\d.]+)$'\n", encoding="utf-8")
     parser = argparse.ArgumentParser()
     pos_cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["pos", "parse", str(capture)])
+    args = parser.parse_args(["pos", "parse", str(capture), "--tz", "Asia/Shanghai"])
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert [e["parsed"] for e in out] == [True, False]
@@ -259,11 +260,25 @@ def test_cli_parse_prints_receipts_and_unparsed_ones(tmp_path, capsys):
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out[0]["template"] == "mine" and out[0]["total"] == "93.90" and out[0]["paid"] is None
+    assert out[0]["time"] is None  # "mine" reads no time
 
     args = parser.parse_args(["pos", "parse", str(capture), "--template", "nope"])
     assert args.func(args) == 1
     assert "no receipt template 'nope'" in capsys.readouterr().err
-    config.write_text("pos:\n  templates:\n    - name: bad\n      receipt_no: '(oops'\n      total: 'x'\n")
+    config.write_text(site + "pos:\n  templates:\n    - name: bad\n      receipt_no: '(oops'\n      total: 'x'\n")
     args = parser.parse_args(["pos", "parse", str(capture), "--templates-from", str(config)])
     assert args.func(args) == 1
     assert "not a valid regular expression" in capsys.readouterr().err
+
+
+def test_a_refund_names_the_sale_it_refunds():
+    zh = extract("万象城 S101\n*** 退货单 ***\n单号：R-0007\n原单号：A-0042\n时间：2026-11-24 10:15:00\n合计：-68.00\n")
+    assert zh.refund and zh.receipt_no == "R-0007" and zh.original_receipt_no == "A-0042"
+    en = extract("SHOP\nREFUND\nReceipt No: R-0008\nOriginal Receipt: A-0043\n2026-11-24 10:15:00\nTotal -12.00\n",
+                 BUILTIN_TEMPLATES["en"])
+    assert en.refund and en.receipt_no == "R-0008" and en.original_receipt_no == "A-0043"
+    # The refunded sale's number is never taken for the refund's own, whichever line comes first.
+    first = extract("*** 退货单 ***\n原单号：A-0044\n单号：R-0009\n合计：-5.00\n")
+    assert first.receipt_no == "R-0009" and first.original_receipt_no == "A-0044"
+    sale = extract("单号：A-0045\n合计：5.00\n")
+    assert sale.original_receipt_no is None

@@ -11,35 +11,14 @@ from .escpos import parse_receipts
 from .fields import BUILTIN_TEMPLATES, ReceiptTemplate, extract, template_from_config
 
 
-def _config_templates(path: str) -> dict[str, ReceiptTemplate]:
-    """`pos.templates` of a site config: through the config model when it knows `pos` and the file
-    loads, else straight from the YAML (only that list)."""
+def _site(path: str):
+    """The site config whose `pos.templates` and `timezone` to use."""
     from ..config import ConfigError, load_config
 
     try:
-        config = load_config(path)
-    except ConfigError:
-        config = None
-    pos = getattr(config, "pos", None)
-    if pos is not None:
-        items = getattr(pos, "templates", None) or []
-        templates = [template_from_config(t if isinstance(t, (dict, ReceiptTemplate)) else t.model_dump())
-                     for t in items]
-        return {t.name: t for t in templates}
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read ({exc})") from None
-    pos = data.get("pos") if isinstance(data, dict) else None
-    items = pos.get("templates") if isinstance(pos, dict) else None
-    if items is None:
-        return {}
-    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-        raise ValueError(f"{path}: pos.templates must be a list of mappings")
-    templates = [template_from_config(item) for item in items]
-    return {t.name: t for t in templates}
+        return load_config(path)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def receipt_report(receipt, template: ReceiptTemplate | None, tz: str) -> dict:
@@ -68,9 +47,11 @@ def cmd_parse(args: argparse.Namespace) -> int:
         return 1
     template = None
     try:
-        known = dict(BUILTIN_TEMPLATES)
+        known, tz = dict(BUILTIN_TEMPLATES), args.tz
         if args.templates_from:
-            known.update(_config_templates(args.templates_from))
+            site = _site(args.templates_from)
+            known.update({t.name: t for t in site.pos.templates})
+            tz = tz or site.timezone
         if args.template:
             if args.template not in known:
                 print(f"error: no receipt template {args.template!r} (known: {', '.join(sorted(known))})",
@@ -78,7 +59,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
                 return 1
             template = known[args.template]
         receipts = parse_receipts(data, encoding=args.encoding)
-        report = [receipt_report(r, template, args.tz) for r in receipts]
+        report = [receipt_report(r, template, tz or "UTC") for r in receipts]
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -97,5 +78,6 @@ def register(subparsers) -> None:
                        help="the till's text encoding: gb18030 (default), utf-8, big5, euc-kr, cp437, "
                             "euc-kr-via-latin1, ...")
     parse.add_argument("--templates-from", metavar="CONFIG", help="a site config whose pos.templates to use")
-    parse.add_argument("--tz", default="Asia/Shanghai", help="time zone of the printed times (default Asia/Shanghai)")
+    parse.add_argument("--tz", help="time zone of the printed times (default: the site's `timezone` with "
+                                    "--templates-from, else UTC)")
     parse.set_defaults(func=cmd_parse)

@@ -43,7 +43,7 @@ AMOUNT = r"(?:RMB|CNY|USD|[$¥])?\s*[-−]?\s*(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d{
 _AMOUNT_RE = re.compile(r"([-−])?\s*(?:RMB|CNY|USD|[$¥])?\s*([-−])?\s*((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)")
 
 _REQUIRED_GROUP = {"receipt_no": "receipt_no", "time": "time", "paid": "paid", "total": "total",
-                   "change": "change"}
+                   "change": "change", "original": "original"}
 _NO_GROUP = ("refund", "reprint")
 
 
@@ -73,12 +73,14 @@ class ReceiptTemplate(StrictModel):
     change: str | None = Field(None, description="regex with a (?P<change>...) group: change given")
     refund: str | None = Field(None, description="regex: a line matching it marks a refund")
     reprint: str | None = Field(None, description="regex: a line matching it marks a reprint")
+    original: str | None = Field(None, description="regex with a (?P<original>...) group: on a refund, the "
+                                                   "receipt number of the sale it refunds")
     lines: str | None = Field(None, description="regex for item lines: (?P<name>) (?P<qty>) (?P<amount>)")
     currency: str = "CNY"
     number_from_time: bool = Field(True, description="no printed receipt number: use T + the printed time")
     _compiled: Any = PrivateAttr(default=None)
 
-    @field_validator("receipt_no", "time", "paid", "total", "change", "refund", "reprint", "lines")
+    @field_validator("receipt_no", "time", "paid", "total", "change", "refund", "reprint", "lines", "original")
     @classmethod
     def _regex(cls, value: str | None, info) -> str | None:
         if value is None:
@@ -136,6 +138,7 @@ class _Compiled:
         self.refund = c(template.refund)
         self.reprint = c(template.reprint)
         self.lines = c(template.lines)
+        self.original = c(template.original)
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ class ParsedReceipt:
     text: str
     template: str = ""
     items: tuple = field(default=())  # ({"name", "qty", "amount"}, ...) when the template has `lines`
+    original_receipt_no: str | None = None  # a refund's sale, when the receipt prints it
 
 
 _ZH_NO = r"(?:单\s*号|小票号|流水号|单据号|票据号|交易号|订单号|销售单号?|收银单号|票号|NO\.?|No\.?)"
@@ -183,6 +187,8 @@ BUILTIN_TEMPLATES: dict[str, ReceiptTemplate] = {
         change=_amount_line(r"找\s*零|找\s*赎", "change"),
         refund=r"^[\s*=\-]*(?:退\s*货|退\s*款|退\s*单)(?:单|小票|凭证)?[\s*=\-]*$|(?:退\s*货|退\s*款)\s*(?:金\s*额|合\s*计|总\s*额)",
         reprint=r"重\s*打|补\s*打|重\s*印|补\s*印|重\s*复\s*打\s*印",
+        original=r"(?:原\s*(?:单\s*号|小\s*票\s*号|交\s*易\s*号|流\s*水\s*号|销\s*售\s*单\s*号?))\s*[:#]?\s*"
+                 r"(?P<original>[A-Za-z0-9][A-Za-z0-9\-_/]{2,39})",
         currency="CNY",
     ),
     "en": ReceiptTemplate(
@@ -195,6 +201,8 @@ BUILTIN_TEMPLATES: dict[str, ReceiptTemplate] = {
         change=_amount_line(r"(?i:change(?:\s+due)?\b)", "change"),
         refund=r"(?i:^[\s*=\-]*(?:refund|return)(?:\s+(?:receipt|slip|sale|transaction))?[\s*=\-]*$|\brefund\s+(?:total|amount|due)\b)",
         reprint=r"(?i:\breprint(?:ed)?\b|\bduplicate\b)|\bCOPY\b",
+        original=r"(?i:orig(?:inal)?\.?\s*(?:receipt|invoice|trans(?:action)?|order|sale)?\s*(?:no\.?|number|#)?)"
+                 r"\s*[:#]?\s*(?P<original>[A-Za-z0-9][A-Za-z0-9\-_/]{2,39})",
     ),
 }
 
@@ -268,7 +276,10 @@ def _apply(template: ReceiptTemplate, raw_text: str, lines: list[str], tz: ZoneI
     change = _last_amount(c.change, lines, "change")
     time_text = _first(c.time, lines, "time")
     when = _parse_time(time_text, template.time_format, tz) if time_text else None
-    number = _first(c.receipt_no, lines, "receipt_no")
+    original = _first(c.original, lines, "original") if c.original else None
+    # "原单号: X" also reads as a receipt number ("单号"): the refunded sale's line is not this receipt's.
+    own_lines = [line for line in lines if not (c.original and c.original.search(line))]
+    number = _first(c.receipt_no, own_lines, "receipt_no")
     if number is None:
         if not (template.number_from_time and when):
             return None
@@ -296,7 +307,8 @@ def _apply(template: ReceiptTemplate, raw_text: str, lines: list[str], tz: ZoneI
         items = tuple(found)
     return ParsedReceipt(receipt_no=number, time=when, total=total, paid=paid, amount=amount,
                          refund=refund, reprint=reprint, currency=template.currency, text=raw_text,
-                         template=template.name, items=items)
+                         template=template.name, items=items,
+                         original_receipt_no=original if refund else None)
 
 
 def extract(raw_text: str, template: ReceiptTemplate | None = None,

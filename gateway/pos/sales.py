@@ -58,11 +58,13 @@ class SalesStore:
                            "PRIMARY KEY (sha256, till))")
         self._lock = threading.Lock()
 
-    def first_time(self, key: str) -> bool:
-        """Record a sale's key; False if it was seen before."""
+    def seen(self, key: str) -> bool:
         with self._lock:
-            return self._conn.execute("INSERT OR IGNORE INTO sales_seen (key, at) VALUES (?, ?)",
-                                      (key, utc_timestamp())).rowcount == 1
+            return self._conn.execute("SELECT 1 FROM sales_seen WHERE key = ?", (key,)).fetchone() is not None
+
+    def mark_seen(self, key: str) -> None:
+        with self._lock:
+            self._conn.execute("INSERT OR IGNORE INTO sales_seen (key, at) VALUES (?, ?)", (key, utc_timestamp()))
 
     def keep_unparsed(self, sha256: str, till: str, store: str, text: str) -> bool:
         """Keep a receipt that could not be read; False if the same one was kept already."""
@@ -152,7 +154,7 @@ class SalesService:
             return
         kind = "refund" if parsed.refund else "sale"
         key = f"{kind}:{self.site_id}:{store}:{parsed.receipt_no}"
-        if not await asyncio.to_thread(self.store.first_time, key):
+        if await asyncio.to_thread(self.store.seen, key):
             self.counts["duplicates"] += 1
             log.info("till %s: %s %s already captured", till, kind, parsed.receipt_no)
             return
@@ -167,10 +169,13 @@ class SalesService:
             "store": store, "till": till, "receipt_no": parsed.receipt_no, "time": parsed.time,
             "amount": str(parsed.amount), "paid": _text(parsed.paid), "total": _text(parsed.total),
             "currency": parsed.currency, "refund": parsed.refund,
-            "original_receipt_no": getattr(parsed, "original_receipt_no", None) or (data.get("fields") or {}).get(
-                "original_receipt_no"),
+            "original_receipt_no": parsed.original_receipt_no,
             "member_id": member, "category": self.category_of(store)},
             event_id=str(uuid.uuid5(SALE_NAMESPACE, key))))
+        # Marked after publishing: should the gateway stop before the sale is committed, a till
+        # that sends it again is not turned away (a sale sent twice is one: same event id, and the
+        # points ledger's key).
+        await asyncio.to_thread(self.store.mark_seen, key)
 
     def _extract(self, text: str, template_name: str | None) -> ParsedReceipt | None:
         if template_name:
@@ -207,7 +212,8 @@ def _from_fields(fields: dict[str, Any]) -> ParsedReceipt | None:
             total=Decimal(str(fields["total"])) if fields.get("total") is not None else None,
             paid=Decimal(str(fields["paid"])) if fields.get("paid") is not None else None,
             amount=amount, refund=bool(fields.get("refund")), reprint=bool(fields.get("reprint")),
-            currency=str(fields.get("currency") or "CNY"), text="")
+            currency=str(fields.get("currency") or "CNY"), text="",
+            original_receipt_no=fields.get("original_receipt_no") or None)
     except (KeyError, InvalidOperation, TypeError, ValueError) as exc:
         log.warning("webhook receipt fields unusable: %s", exc)
         return None
