@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from decimal import Decimal
@@ -531,3 +532,55 @@ def test_virtual_till_receipts_are_reproducible_and_readable():
                 (p.receipt_no, p.amount, p.refund, p.reprint)
     assert "重打" in run(4, "zh")[3].text and "REPRINT" in run(4, "en")[3].text
     assert "退货" in run(4, "zh")[2].text and "REFUND" in run(4, "en")[2].text
+
+
+def _typed(text: str) -> bytes:
+    """The input events a scanner in keyboard mode sends to type `text` and press Enter (US layout)."""
+    from drivers.barcode_scanner import _KEYS, _SHIFTED, INPUT_EVENT, KEY_ENTER, KEY_LEFTSHIFT, EV_KEY
+
+    code_of = {char: code for code, char in _KEYS.items() if code < 71}  # the main block, not the keypad
+    shifted = {upper: lower for lower, upper in _SHIFTED.items()}
+    events = []
+
+    def key(code: int, value: int) -> None:
+        events.append(INPUT_EVENT.pack(0, 0, EV_KEY, code, value))
+        events.append(INPUT_EVENT.pack(0, 0, 0, 0, 0))  # EV_SYN between reports, as a keyboard sends
+
+    for char in text:
+        base = shifted.get(char, char.lower())
+        shift = char in shifted or char != char.lower()
+        if shift:
+            key(KEY_LEFTSHIFT, 1)
+        key(code_of[base], 1)
+        key(code_of[base], 0)
+        if shift:
+            key(KEY_LEFTSHIFT, 0)
+    key(KEY_ENTER, 1)
+    key(KEY_ENTER, 0)
+    return b"".join(events)
+
+
+def test_a_scanner_in_keyboard_mode_types_member_codes(tmp_path):
+    """`input: keyboard`: the scanner's input device (a pipe of real input_event records here: no
+    /dev/uinput on a test machine) read as the text typed; pulled out, offline; back, online."""
+    device = tmp_path / "usb-scanner-event-kbd"
+    os.mkfifo(device)
+    config = {"id": "scan-1", "kind": "barcode_scanner", "input": "keyboard", "port": str(device),
+              "till": "till-1", "reopen_max": "0.3s"}
+    ctx = FakeContext("scan-1")
+    driver = BarcodeScannerDriver(BarcodeScannerSettings.model_validate(config), ctx)
+    with Running(driver, lambda d: True) as running:
+        writer = os.open(device, os.O_WRONLY)  # blocks until the driver has opened it
+        data = _typed("QR-M1") + _typed("a1B2!@ {x}")
+        for i in range(0, len(data), 37):  # split anywhere, even inside a record
+            os.write(writer, data[i:i + 37])
+        until(lambda: len(ctx.of_type("pos.member_scan")) == 2)
+        os.close(writer)  # the scanner unplugged
+        until(lambda: not ctx.online)
+        writer = os.open(device, os.O_WRONLY)
+        until(lambda: ctx.online)
+        os.write(writer, _typed("M-9"))
+        until(lambda: len(ctx.of_type("pos.member_scan")) == 3)
+        os.close(writer)
+        assert running.alive
+    assert [e.data["code"] for e in ctx.of_type("pos.member_scan")] == ["QR-M1", "a1B2!@ {x}", "M-9"]
