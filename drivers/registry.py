@@ -11,7 +11,8 @@ import importlib
 from .base import Driver
 
 BUILTIN_MODULES = ("drivers.http_ingest", "drivers.camera", "drivers.osdp", "drivers.hikvision", "drivers.zkteco",
-                   "drivers.pos_serial", "drivers.pos_tcp", "drivers.pos_webhook", "drivers.barcode_scanner")
+                   "drivers.pos_serial", "drivers.pos_tcp", "drivers.pos_webhook", "drivers.barcode_scanner",
+                   "drivers.led_sign")
 
 _drivers: dict[str, type[Driver]] = {}
 _builtins_loaded = False

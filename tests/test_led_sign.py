@@ -1,0 +1,329 @@
+"""led_sign: the Alpha protocol encoder/decoder, and the driver over a real pty to the virtual sign.
+
+The driver runs for real on an event loop in a background thread under a small fake DriverContext
+(as in tests/test_pos_capture.py) against simulator/led_sign.py's VirtualLedSign, which reads the
+packets with the same decoder a test can check by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from drivers import registry
+from drivers.led_sign import (
+    MODES,
+    FrameDecoder,
+    LedSignDriver,
+    LedSignSettings,
+    checksum,
+    decode_frames,
+    encode_text_frame,
+    sanitise_text,
+)
+from simulator.led_sign import VirtualLedSign
+
+WAIT = 10.0
+
+
+# ------------------------------------------------------------------------------ encoder / decoder
+
+
+def test_encoder_matches_the_documented_packet():
+    # The packet of wls.wwco.com/ledsigns/alpha/protocol.html (an Alpha 215C write-up):
+    #   CHR$(1) + "Z00" + CHR$(2) + "AA" + CHR$(27) + " b" + "Message" + CHR$(4)
+    # (after 20 NULs there; the protocol asks for at least 5), sent without a checksum. The checksum
+    # form puts ETX and the checksum before EOT: "the 16-bit sum of STX through ETX inclusive" as four
+    # upper-case hex digits, as the alphasign packages compute it (prototux/python-alphasign
+    # alphasign/packet.py, lancereinsmith/alphasignpy tests/test_packet.py::test_checksum_correct_value:
+    # f"{sum(STX + code + data + ETX) % 65536:04X}").
+    # STX 02 + "AA" 41 41 + ESC 1B + " b" 20 62 + "Message" (709) + ETX 03 = 1001 = 0x03E9.
+    documented = b"\x01Z00\x02AA\x1b bMessage\x04"
+    expected = b"\x00" * 5 + documented[:-1] + b"\x03" + b"03E9" + b"\x04"
+    assert encode_text_frame("Message", address="00", type_code="Z", file_label="A", mode="hold") == expected
+    assert "%04X" % (sum(b"\x02" + b"A" + b"A\x1b bMessage" + b"\x03") % 65536) == "03E9"
+    # The example of the module docstring, byte for byte.
+    assert encode_text_frame("HELLO").hex(" ") == \
+        "00 00 00 00 00 01 5a 30 30 02 41 41 1b 20 61 48 45 4c 4c 4f 03 30 32 39 37 04"
+    # The documented packet without checksum is read as the sign reads it.
+    (frame,) = decode_frames(b"\x00" * 20 + documented)
+    assert (frame.type_code, frame.address, frame.command, frame.file_label, frame.position, frame.mode,
+            frame.text, frame.checksum) == ("Z", "00", "A", "A", "middle", "hold", "Message", None)
+
+
+def test_round_trip_with_every_mode_and_position():
+    for mode in MODES:
+        for position in ("middle", "top", "bottom", "fill", "left", "right"):
+            data = encode_text_frame("Level B2: 17 spaces", address="0a", type_code="f", file_label="0",
+                                     mode=mode, position=position)
+            (frame,) = decode_frames(data)
+            assert (frame.type_code, frame.address, frame.file_label, frame.position, frame.mode, frame.text) == \
+                ("f", "0A", "0", position, mode, "Level B2: 17 spaces")
+            assert frame.checksum == checksum(data[data.index(b"\x02"):data.index(b"\x03") + 1]).decode()
+
+
+def test_checksum_failures_and_garbage_between_packets():
+    good = encode_text_frame("OPEN 10-22")
+    i = good.index(b"OPEN")
+    bad_text = good[:i] + b"0" + good[i + 1:]  # one character changed in flight
+    j = good.index(b"\x03") + 1
+    bad_sum = good[:j] + (b"1" if good[j:j + 1] != b"1" else b"2") + good[j + 1:]
+    for bad in (bad_text, bad_sum):
+        decoder = FrameDecoder()
+        assert decoder.feed(bad) == []
+        assert decoder.rejected == 1
+    truncated = good[:-6]  # cut off before the checksum ends; the next packet starts
+    decoder = FrameDecoder()
+    stream = b"noise\xff\x00" + bad_text + b"\r\n" + truncated + good + b"\x04\x04 more noise" + good
+    frames = decoder.feed(stream)
+    assert [f.text for f in frames] == ["OPEN 10-22", "OPEN 10-22"]
+    assert decoder.rejected == 2
+    # Split anywhere, one byte at a time, the same.
+    decoder = FrameDecoder()
+    frames = [f for b in stream for f in decoder.feed(bytes([b]))]
+    assert [f.text for f in frames] == ["OPEN 10-22", "OPEN 10-22"] and decoder.rejected == 2
+    # The checksum's hex digits are accepted in lower case too.
+    assert decode_frames(good[:j] + good[j:j + 4].lower() + good[j + 4:])[0].text == "OPEN 10-22"
+
+
+def test_text_sanitising():
+    assert sanitise_text("欢迎光临 Welcome") == "???? Welcome"
+    assert sanitise_text("ＡＢＣ　１２３") == "ABC 123"  # full-width forms fold to ASCII
+    assert sanitise_text("Café\tcrème\r\nbrûlée") == "Cafe creme  brulee"
+    assert sanitise_text("\x01\x02\x03\x1b\x7f") == "?????"  # control characters never reach the wire
+    assert sanitise_text("x" * 300) == "x" * 125
+    assert sanitise_text("abcdef", max_chars=3) == "abc"
+    assert decode_frames(encode_text_frame("停车场 P2 满", max_chars=8))[0].text == "??? P2 ?"
+
+
+def test_encoder_refuses_bad_parameters():
+    for kwargs in ({"address": "0"}, {"address": "GG"}, {"type_code": "ZZ"}, {"type_code": "\x01"},
+                   {"file_label": "?"}, {"file_label": ""}, {"mode": "blink"}, {"position": "centre"}):
+        with pytest.raises(ValueError):
+            encode_text_frame("x", **kwargs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200), st.sampled_from(sorted(MODES)), st.integers(min_value=1, max_value=200))
+def test_any_text_round_trips_after_sanitising(text: str, mode: str, max_chars: int):
+    (frame,) = decode_frames(encode_text_frame(text, mode=mode, max_chars=max_chars))
+    assert frame.text == sanitise_text(text, max_chars)
+    assert frame.mode == mode
+    assert sanitise_text(frame.text, max_chars) == frame.text  # sanitising is idempotent
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600), st.binary(max_size=100))
+def test_random_bytes_never_break_the_decoder(noise: bytes, tail: bytes):
+    decoder = FrameDecoder()
+    decoder.feed(noise)
+    decoder.feed(tail)
+    # After any noise, a packet (which starts a fresh SOH) is read.
+    frames = decoder.feed(encode_text_frame("after noise"))
+    assert frames and frames[-1].text == "after noise"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=300).map(lambda b: b"\x01Z00\x02A" + b))
+def test_random_packets_never_raise(data: bytes):
+    for frame in decode_frames(data + b"\x04"):
+        assert isinstance(frame.data, bytes)
+
+
+def test_settings_defaults_and_validation():
+    s = LedSignSettings.model_validate({"id": "sign-1", "kind": "led_sign", "port": "/dev/ttyUSB0"})
+    assert (s.baud, s.bytesize, s.parity, s.stopbits, s.address, s.type_code, s.file_label, s.mode, s.position,
+            s.max_chars, s.reopen_max) == (9600, 8, "N", 1, "00", "Z", "A", "rotate", "middle", 125, 10.0)
+    assert LedSignSettings.model_validate({"id": "s", "kind": "led_sign", "port": "p", "address": "1f"}).address == "1F"
+    for bad in ({"address": "100"}, {"address": "x1"}, {"mode": "blink"}, {"file_label": "?"}, {"type_code": "ZZ"},
+                {"max_chars": 0}, {"position": "centre"}):
+        with pytest.raises(ValidationError):
+            LedSignSettings.model_validate({"id": "s", "kind": "led_sign", "port": "p", **bad})
+    assert registry.driver_for("led_sign") is LedSignDriver
+
+
+# ------------------------------------------------------------------------------ the driver
+
+
+class FakeContext:
+    """What a driver needs of the supervisor; records its status (thread-safe)."""
+
+    def __init__(self, device_id: str):
+        self.device_id = device_id
+        self.log = logging.getLogger(f"test.{device_id}")
+        self.status: list[tuple[bool, str | None]] = []
+        self._lock = threading.Lock()
+
+    def emit(self, type: str, data: dict[str, Any], *, ts: str | None = None, internal: bool = False):
+        raise AssertionError("a sign emits nothing")
+
+    def set_online(self) -> None:
+        with self._lock:
+            if not self.status or self.status[-1] != (True, None):
+                self.status.append((True, None))
+
+    def set_offline(self, reason: str) -> None:
+        with self._lock:
+            self.status.append((False, reason))
+
+    def last_activity(self) -> float | None:
+        return None
+
+    def offer_frames(self, source: Any | None) -> None:
+        pass
+
+    @property
+    def online(self) -> bool:
+        with self._lock:
+            return bool(self.status) and self.status[-1][0]
+
+    @property
+    def last_reason(self) -> str | None:
+        with self._lock:
+            return self.status[-1][1] if self.status else None
+
+
+def until(predicate, timeout: float = WAIT, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not met within {timeout}s")
+        time.sleep(0.02)
+
+
+class Running:
+    """A driver's `run` on an event loop in a background thread; `call` runs a function on that loop."""
+
+    def __init__(self, driver):
+        self.driver = driver
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.future = None
+
+    def __enter__(self):
+        self.thread.start()
+        self.future = asyncio.run_coroutine_threadsafe(self.driver.run(), self.loop)
+        return self
+
+    def call(self, func, *args):
+        async def on_loop():
+            return func(*args)
+        return asyncio.run_coroutine_threadsafe(on_loop(), self.loop).result(5)
+
+    @property
+    def alive(self) -> bool:
+        return not self.future.done()
+
+    def __exit__(self, *exc):
+        self.future.cancel()
+        deadline = time.monotonic() + 10
+        while not self.future.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # let the cancelled task finish its cleanup on the loop
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def sign():
+    sign = VirtualLedSign(address="01").start()
+    yield sign
+    sign.stop()
+
+
+def _driver(port: str, **overrides) -> tuple[LedSignDriver, FakeContext]:
+    config = {"id": "sign-1", "kind": "led_sign", "port": port, "reopen_max": "0.3s", **overrides}
+    ctx = FakeContext("sign-1")
+    return LedSignDriver(LedSignSettings.model_validate(config), ctx), ctx
+
+
+def test_the_sign_shows_what_the_driver_sends(sign):
+    driver, ctx = _driver(sign.port, mode="hold")
+    with Running(driver) as running:
+        until(lambda: ctx.online, what="online")
+        assert running.call(driver.show, "Welcome to MixC") is True
+        until(lambda: sign.current == ("Welcome to MixC", "hold"), what="text on the sign")
+        assert running.call(driver.show, "欢迎 B2 full", "flash") is True
+        until(lambda: sign.current == ("?? B2 full", "flash"))
+        assert running.call(driver.show, "x" * 200, "scroll")
+        until(lambda: sign.current == ("x" * 125, "scroll"))
+        with pytest.raises(ValueError):
+            running.call(driver.show, "x", "blink")
+        assert running.alive
+    assert sign.shown == [("Welcome to MixC", "hold"), ("?? B2 full", "flash"), ("x" * 125, "scroll")]
+    assert sign.rejected == 0
+    assert all(f.checksum is not None for f in sign.frames)
+    assert driver.last == ("x" * 125, "scroll")
+    assert ctx.status == [(True, None)]
+
+
+def test_unplugged_sign_goes_offline_and_gets_the_last_text_again(sign):
+    driver, ctx = _driver(sign.port)
+    with Running(driver) as running:
+        until(lambda: ctx.online, what="online")
+        assert running.call(driver.show, "Car park: 42 free")
+        until(lambda: sign.current == ("Car park: 42 free", "rotate"))
+        sign.unplug()  # the power cut: the sign forgets what it showed
+        until(lambda: not ctx.online, what="offline after unplug")
+        assert "sign port" in ctx.last_reason
+        assert sign.current is None
+        assert running.call(driver.show, "Car park: 41 free", "hold") is False  # not open: said so
+        time.sleep(0.6)  # a few failed reopen attempts
+        assert not ctx.online
+        sign.plug()
+        until(lambda: ctx.online, what="online after plug")
+        # The newest text, given while the sign was away, is sent again as soon as the port opens.
+        until(lambda: sign.current == ("Car park: 41 free", "hold"), what="last text re-sent")
+        assert driver.pump.opens >= 2
+        # A pulled data cable only (the sign kept its text): the text is sent again all the same.
+        sign.unplug(power_off=False)
+        until(lambda: not ctx.online)
+        sign.plug()
+        until(lambda: ctx.online)
+        until(lambda: len(sign.shown) == 3)
+        assert running.call(driver.show, "Car park: full", "flash")
+        until(lambda: sign.current == ("Car park: full", "flash"))
+        assert running.alive
+    assert sign.shown == [("Car park: 42 free", "rotate"), ("Car park: 41 free", "hold"),
+                          ("Car park: 41 free", "hold"), ("Car park: full", "flash")]
+    assert sign.rejected == 0
+
+
+def test_text_given_before_the_port_opens_is_shown_once_it_does(tmp_path):
+    sign = VirtualLedSign(link_dir=str(tmp_path))
+    sign.unplug()  # not there yet
+    driver, ctx = _driver(sign.port, address="01", file_label="A")
+    try:
+        assert driver.show("Opening soon") is False  # before run: nothing open
+        with Running(driver) as running:
+            until(lambda: bool(ctx.status), what="a status")
+            assert not ctx.online and "open failed" in ctx.last_reason
+            sign.plug()
+            sign.start()
+            until(lambda: ctx.online)
+            until(lambda: sign.current == ("Opening soon", "rotate"))
+            assert running.alive
+    finally:
+        sign.stop()
+
+
+def test_the_sign_ignores_packets_for_other_signs_and_files(sign):
+    fd = os.open(sign.port, os.O_WRONLY | os.O_NOCTTY)  # the gateway's end of the line
+    try:
+        os.write(fd, encode_text_frame("for sign 02", address="02"))
+        os.write(fd, encode_text_frame("file B", file_label="B"))
+        os.write(fd, encode_text_frame("for me", address="01", type_code="f"))
+    finally:
+        os.close(fd)
+    until(lambda: len(sign.frames) == 3)
+    assert sign.shown == [("for me", "rotate")]
