@@ -13,6 +13,7 @@ from pathlib import Path
 from . import __version__
 from . import models_cli
 from .access import cli as access_cli
+from .ads import cli as ads_cli
 from .pos import cli as pos_cli
 from .config import ConfigError, config_json_schema, load_config
 from .faces import cli as faces_cli
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     faces_cli.register(sub)
     access_cli.register(sub)
     pos_cli.register(sub)
+    ads_cli.register(sub)
 
     demo = sub.add_parser("demo", help="run a whole simulated site on this machine")
     demo.add_argument("--config", default=str(Path("configs") / "demo-mall.yaml"))

@@ -33,6 +33,7 @@ from pydantic import (
 from drivers import registry
 from drivers.base import DeviceConfig
 
+from .ads.model import Screen
 from .points.rules import PointsConfig
 from .pos.fields import BUILTIN_TEMPLATES, ReceiptTemplate
 from .validation import Duration, StrictModel
@@ -210,6 +211,11 @@ class PosConfig(StrictModel):
         return self
 
 
+class AdsConfig(StrictModel):
+    store: Path | None = Field(None, description="campaigns and creatives received by ads.sync; default: ads.db "
+                                                 "beside storage.path")
+
+
 def _time_zone(name: str) -> str:
     try:
         ZoneInfo(name)
@@ -231,6 +237,8 @@ class SiteConfigBase(StrictModel):
     faces: FacesConfig = Field(default_factory=FacesConfig)
     points: PointsConfig = Field(default_factory=PointsConfig)
     pos: PosConfig = Field(default_factory=PosConfig)
+    ads: AdsConfig = Field(default_factory=AdsConfig)
+    screens: list[Screen] = Field(default_factory=list, description="the site's screens and signs")
     devices: list[DeviceConfig] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -256,6 +264,9 @@ class SiteConfigBase(StrictModel):
             if template is not None and template not in templates:
                 raise ValueError(f"device {device.id}: no receipt template {template!r} "
                                  f"(pos.templates, or the built-in {', '.join(sorted(BUILTIN_TEMPLATES))})")
+        screen_ids = [screen.id for screen in self.screens]
+        if len(set(screen_ids)) != len(screen_ids):
+            raise ValueError("screen ids must be unique")
         for device in self.devices:
             if device.kind == "barcode_scanner" and not kinds.get(device.till, "").startswith("pos_"):
                 raise ValueError(f"device {device.id}: its till {device.till!r} is not a pos_serial, pos_tcp or "
@@ -272,6 +283,10 @@ class SiteConfigBase(StrictModel):
     @property
     def access_store_path(self) -> Path:
         return self.access.store or self.storage.path.parent / "access.db"
+
+    @property
+    def ads_store_path(self) -> Path:
+        return self.ads.store or self.storage.path.parent / "ads.db"
 
     @property
     def pos_store_path(self) -> Path:

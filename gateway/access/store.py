@@ -27,29 +27,20 @@ Rules it keeps:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Literal, Self
 
 import sqlite_utils
-from pydantic import Field, PrivateAttr, ValidationError, model_validator
+from pydantic import ValidationError, model_validator
 
-from ..commands import CommandError
 from ..validation import StrictModel
+from ..versioned_sync import MAX_ERRORS_SHOWN, VersionedSync, VersionedSyncError, check_order, describe
 from .rules import AccessPolicy, AntiPassback, Credential, DoorRule, PassageState, Person
 
-MAX_ERRORS_SHOWN = 5
-
-
-class SyncError(CommandError):
+class SyncError(VersionedSyncError):
     """An `access.sync` refused: malformed, out of order, stale, or inconsistent. Nothing applied."""
-
-    def __init__(self, message: str, expected_version: int | None = None):
-        super().__init__(message)
-        self.expected_version = expected_version
 
 
 class DoorPair(StrictModel):
@@ -76,28 +67,14 @@ def _duplicates(keys) -> list:
     return repeated
 
 
-class AccessSync(StrictModel):
-    """The body of an `access.sync` command."""
+class AccessSync(VersionedSync):
+    """The body of an `access.sync` command (`version`, `mode` and the digest: gateway.versioned_sync)."""
 
-    version: int = Field(ge=1, strict=True)
-    mode: Literal["snapshot", "delta"]
     persons: list[Person] = []
     credentials: list[Credential] = []
     rules: list[DoorRule] = []
     anti_passback: list[AntiPassback] = []
     remove: Removals = Removals()
-    _digest: str = PrivateAttr("")
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _digest_of_input(cls, data, handler):
-        """Remember a digest of the message as sent (keys sorted) to recognise a repeat; not of the
-        models, whose sets have no stable order across processes."""
-        sync = handler(data)
-        if isinstance(data, dict):
-            sync._digest = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"),
-                                                     default=str).encode()).hexdigest()
-        return sync
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -113,21 +90,12 @@ class AccessSync(StrictModel):
         return self
 
 
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors()[:MAX_ERRORS_SHOWN]:
-        location = ".".join(str(p) for p in error["loc"]) or "message"
-        parts.append(f"{location}: {error['msg']}")
-    more = exc.error_count() - len(parts)
-    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
-
-
 def parse_sync(message: dict) -> AccessSync:
     """The validated body of an `access.sync` command, or SyncError saying what is wrong."""
     try:
         sync = AccessSync.model_validate(message)
     except ValidationError as exc:
-        raise SyncError(f"malformed access.sync: {_describe(exc)}") from None
+        raise SyncError(f"malformed access.sync: {describe(exc)}") from None
     return sync
 
 
@@ -249,20 +217,7 @@ class AccessStore:
 
     def _check_order(self, sync: AccessSync, current: int, digest: str) -> bool:
         """True to apply, False for an idempotent repeat; SyncError when out of order."""
-        if sync.version == current:
-            if self._meta("digest") == digest:
-                return False
-            raise SyncError(f"version {current} is already applied with other content; "
-                            f"expected version {current + 1} (delta) or a higher snapshot",
-                            expected_version=current + 1)
-        if sync.version < current:
-            raise SyncError(f"version {sync.version} is older than the current version {current}; "
-                            f"expected version {current + 1}", expected_version=current + 1)
-        if sync.mode == "delta" and sync.version != current + 1:
-            raise SyncError(f"delta version {sync.version} does not follow the current version "
-                            f"{current}: expected version {current + 1} (or a snapshot)",
-                            expected_version=current + 1)
-        return True
+        return check_order(sync.version, sync.mode, current, self._meta("digest"), digest, SyncError)
 
     def _remove(self, remove: Removals) -> None:
         conn = self._conn

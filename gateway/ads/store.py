@@ -1,0 +1,193 @@
+"""The synced ads catalog, kept in SQLite (WAL) so screens keep playing without the uplink.
+
+The platform sends it with the `ads.sync` downlink command:
+
+    {"version": 12, "mode": "snapshot" | "delta",
+     "creatives": [...], "campaigns": [...], "default_loop": [creative ids] (optional),
+     "remove": {"creatives": [creative ids], "campaigns": [campaign ids]}}
+
+The version rules are those of `gateway.versioned_sync` (the same as `access.sync`): a snapshot may
+jump to any higher version, a delta must be the current version + 1, a repeat of the current
+version with the same content is acknowledged without change, anything else is refused with
+`AdsSyncError` saying which version is expected.
+
+A message is validated completely (pydantic) before anything is written and applied in one
+transaction, so a refused or failed sync leaves the previous catalog and version untouched. In a
+delta, removals come first, then upserts by id; removing an id that is not there is not an error.
+After the changes every campaign and the default loop must name creatives of the catalog: a
+campaign naming an unknown creative, or removing a creative a campaign still plays, is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Self
+
+from pydantic import ValidationError
+
+from ..versioned_sync import MAX_ERRORS_SHOWN, VersionedSyncError, check_order, describe
+from .model import AdsCatalog, AdsSync, Campaign, Creative
+
+
+class AdsSyncError(VersionedSyncError):
+    """An `ads.sync` refused (malformed, out of order, stale, inconsistent); nothing applied.
+    A CommandError; `expected_version` says which version the gateway expects."""
+
+
+def parse_sync(message: dict) -> AdsSync:
+    """The validated body of an `ads.sync` command, or AdsSyncError saying what is wrong with it."""
+    try:
+        return AdsSync.model_validate(message)
+    except ValidationError as exc:
+        raise AdsSyncError(f"malformed ads.sync: {describe(exc)}") from None
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ads_meta (name TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS ads_creatives (creative_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ads_campaigns (campaign_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ads_campaign_creatives (
+    campaign_id TEXT NOT NULL, creative_id TEXT NOT NULL, PRIMARY KEY (campaign_id, creative_id));
+CREATE INDEX IF NOT EXISTS ads_campaign_creatives_creative ON ads_campaign_creatives (creative_id);
+CREATE TABLE IF NOT EXISTS ads_default_loop (position INTEGER PRIMARY KEY, creative_id TEXT NOT NULL);
+"""
+
+
+class AdsStore:
+    def __init__(self, path: str | Path, synchronous: str = "full"):
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be off, normal, full or extra, got {synchronous!r}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _meta(self, name: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM ads_meta WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    @property
+    def version(self) -> int:
+        """The version of the catalog held; 0 before the first sync."""
+        with self._lock:
+            return int(self._meta("version") or 0)
+
+    def _counts(self) -> dict[str, int]:
+        return {name: self._conn.execute(f"SELECT count(*) FROM ads_{name}").fetchone()[0]
+                for name in ("creatives", "campaigns")}
+
+    def apply_sync(self, message: dict) -> dict:
+        """Apply an `ads.sync` body: the ack's result, or AdsSyncError with nothing applied."""
+        return self.apply(parse_sync(message))
+
+    def apply(self, sync: AdsSync) -> dict:
+        """Apply a parsed sync in one transaction: `{"version", "applied", "creatives", "campaigns"}`."""
+        digest = sync._digest
+        if not digest:
+            raise ValueError("build the AdsSync from the message (parse_sync), not field by field")
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                current = int(self._meta("version") or 0)
+                applied = check_order(sync.version, sync.mode, current, self._meta("digest"), digest,
+                                      AdsSyncError)
+                if applied:
+                    if sync.mode == "snapshot":
+                        for table in ("creatives", "campaigns", "campaign_creatives", "default_loop"):
+                            conn.execute(f"DELETE FROM ads_{table}")
+                    else:
+                        self._remove(sync)
+                    self._upsert(sync)
+                    self._check_references()
+                    conn.executemany("INSERT OR REPLACE INTO ads_meta (name, value) VALUES (?, ?)",
+                                     [("version", str(sync.version)), ("digest", digest)])
+                result = {"version": sync.version if applied else current, "applied": applied, **self._counts()}
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return result
+
+    def _remove(self, sync: AdsSync) -> None:
+        conn = self._conn
+        campaigns = [(c,) for c in sync.remove.campaigns]
+        conn.executemany("DELETE FROM ads_campaign_creatives WHERE campaign_id = ?", campaigns)
+        conn.executemany("DELETE FROM ads_campaigns WHERE campaign_id = ?", campaigns)
+        conn.executemany("DELETE FROM ads_creatives WHERE creative_id = ?", [(c,) for c in sync.remove.creatives])
+
+    def _upsert(self, sync: AdsSync) -> None:
+        conn = self._conn
+        conn.executemany("INSERT OR REPLACE INTO ads_creatives (creative_id, body) VALUES (?, ?)",
+                         [(c.creative_id, c.model_dump_json()) for c in sync.creatives])
+        conn.executemany("DELETE FROM ads_campaign_creatives WHERE campaign_id = ?",
+                         [(c.campaign_id,) for c in sync.campaigns])
+        conn.executemany("INSERT OR REPLACE INTO ads_campaigns (campaign_id, body) VALUES (?, ?)",
+                         [(c.campaign_id, c.model_dump_json()) for c in sync.campaigns])
+        conn.executemany("INSERT INTO ads_campaign_creatives (campaign_id, creative_id) VALUES (?, ?)",
+                         [(c.campaign_id, cid) for c in sync.campaigns for cid in c.creatives])
+        if sync.default_loop is not None:
+            conn.execute("DELETE FROM ads_default_loop")
+            conn.executemany("INSERT INTO ads_default_loop (position, creative_id) VALUES (?, ?)",
+                             list(enumerate(sync.default_loop)))
+
+    def _check_references(self) -> None:
+        missing = self._conn.execute(
+            "SELECT 'campaign ' || campaign_id, creative_id FROM ads_campaign_creatives "
+            "WHERE creative_id NOT IN (SELECT creative_id FROM ads_creatives) "
+            "UNION ALL SELECT 'default_loop', creative_id FROM ads_default_loop "
+            "WHERE creative_id NOT IN (SELECT creative_id FROM ads_creatives) LIMIT ?",
+            (MAX_ERRORS_SHOWN,)).fetchall()
+        if missing:
+            listed = ", ".join(f"{who} -> {creative}" for who, creative in missing)
+            raise AdsSyncError(f"unknown creatives (not in the catalog after this sync): {listed}")
+
+    def load(self) -> AdsCatalog:
+        """The stored catalog (one consistent read)."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN")
+            try:
+                version = int(self._meta("version") or 0)
+                creatives = [Creative.model_validate_json(b)
+                             for (b,) in conn.execute("SELECT body FROM ads_creatives ORDER BY creative_id")]
+                campaigns = [Campaign.model_validate_json(b)
+                             for (b,) in conn.execute("SELECT body FROM ads_campaigns ORDER BY campaign_id")]
+                loop = tuple(c for (c,) in conn.execute("SELECT creative_id FROM ads_default_loop ORDER BY position"))
+            finally:
+                conn.execute("COMMIT")
+        return AdsCatalog({c.creative_id: c for c in creatives}, {c.campaign_id: c for c in campaigns},
+                          loop, version)
+
+
+def load_catalog_file(path: str | Path) -> AdsCatalog:
+    """The catalog an `ads.sync` JSON file describes (ValueError with what is wrong)."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON: {exc}") from None
+    if isinstance(body, dict) and "args" in body and "version" not in body:  # a whole downlink command
+        body = body["args"]
+    try:
+        return AdsCatalog.from_sync(body)
+    except ValidationError as exc:
+        raise ValueError(f"{path}: malformed ads.sync: {describe(exc)}") from None
