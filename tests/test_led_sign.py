@@ -327,3 +327,38 @@ def test_the_sign_ignores_packets_for_other_signs_and_files(sign):
         os.close(fd)
     until(lambda: len(sign.frames) == 3)
     assert sign.shown == [("for me", "rotate")]
+
+
+def test_a_sign_plays_the_text_creatives_of_its_plan(sign):
+    """SignPlayer follows a screen's plan on the real driver and the virtual sign: each text creative
+    once, placeholders filled in site time; a video in the plan leaves the sign's text as it was."""
+    from datetime import datetime, timedelta, timezone
+
+    from gateway.ads.model import Creative
+    from gateway.ads.signs import SignPlayer, fill
+
+    welcome = Creative(creative_id="w", type="text", duration=10, text="Welcome! {weekday} {time}")
+    promo = Creative(creative_id="p", type="text", duration=10, text="B1 food court: 2x points today")
+    video = Creative(creative_id="v", type="video", duration=10, media_url="https://cdn.example/v.mp4",
+                     sha256="0" * 64)
+    start = datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc)  # Tuesday 10:00 in Shanghai
+    plan = [welcome, welcome, promo, video, promo]  # one item per ten seconds
+    now = [start]
+
+    def playing(moment):
+        index = int((moment - start).total_seconds() // 10)
+        return plan[index] if 0 <= index < len(plan) else None
+
+    driver, ctx = _driver(sign.port)
+    with Running(driver) as running:
+        until(lambda: ctx.online, what="online")
+        player = SignPlayer("lobby-sign", playing, lambda: driver, "Asia/Shanghai", clock=lambda: now[0])
+        shown = []
+        for second in range(0, 50, 5):
+            now[0] = start + timedelta(seconds=second)
+            shown.append(running.call(player.step))
+        until(lambda: len(sign.shown) == 2, what="two texts on the sign")
+    assert [s for s in shown if s] == ["Welcome! Tue 10:00", "B1 food court: 2x points today"]
+    assert [text for text, _ in sign.shown] == ["Welcome! Tue 10:00", "B1 food court: 2x points today"]
+    assert player.shows == 2
+    assert fill("{parking} {time", start) == "{parking} {time"  # unknown and broken placeholders as written
