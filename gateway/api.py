@@ -174,6 +174,10 @@ def create_app(gateway: "Gateway") -> FastAPI:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no frame from this camera yet")
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
+    # Issue 6: the screens' players (playlist, proof of play, SSE interrupts), in gateway/ads/api.py.
+    from .ads.api import screen_router
+    app.include_router(screen_router(gateway))
+
     original_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -22,6 +22,10 @@ import uvicorn
 from . import __version__
 from .access.service import READ_EVENT_TYPES, AccessService
 from .access.store import AccessStore
+from .ads.plays import PlaysStore
+from .ads.audience import AudienceService
+from .ads.service import AdsService
+from .ads.store import AdsStore
 from .api import create_app
 from .bus import EventBus
 from .commands import CommandError, CommandRouter
@@ -76,6 +80,8 @@ class Gateway:
         self.faces: FaceService | None = None
         self.points: PointsService | None = None
         self.sales: SalesService | None = None
+        self.ads: AdsService | None = None
+        self.audience: AudienceService | None = None
         self.api_server: _EmbeddedServer | None = None
         self.api_port: int | None = None
         self._stop: asyncio.Event | None = None
@@ -120,6 +126,20 @@ class Gateway:
                                   member_for_code=self._member_for_code, category_of=self._category_of)
         self.bus.subscribe("sales", self.sales.on_receipt, ["pos.receipt"])
         self.bus.subscribe("sales-members", self.sales.on_member_seen, ["pos.member_scan", "member.identified"])
+        # Issue 6: screens (playlists, door-triggered interrupts, proof of play).
+        ads_store = await asyncio.to_thread(AdsStore, self.config.ads_store_path, self.config.storage.synchronous)
+        plays_store = await asyncio.to_thread(PlaysStore, self.config.plays_store_path, self.config.storage.synchronous)
+        self.audience = AudienceService(self.frames, models_dir(self.config.models.dir), self.config.models.threads)
+        self.ads = AdsService(self.bus, ads_store, plays_store, self.config.screens, self.config.timezone,
+                              self.config.site_id, self.config.gateway_id, scorer=await asyncio.to_thread(_ad_scorer),
+                              keep_plays=self.config.ads.keep_plays, plan_window=self.config.ads.plan_window,
+                              audience=self.audience.meter)
+        await self.ads.start()
+        await asyncio.to_thread(self.audience.apply, _screen_cameras(self.config))
+        self.bus.subscribe("ads", self.ads.on_door_opened, ["door.opened"])
+        self._background.append(asyncio.create_task(self.ads.run(), name="ads"))
+        self.commands.register("ads.sync", self.ads.sync_command)
+        self.commands.register("ads.resend", self.ads.resend_command)
         self.uplink = Uplink(self.config.uplink, site_id=self.config.site_id, gateway_id=self.config.gateway_id,
                              outbox=self.outbox, status=self._status_summary, commands=self.commands.dispatch)
         self.uplink.start()
@@ -157,12 +177,16 @@ class Gateway:
 
     async def _shutdown(self, api_task: asyncio.Task | None) -> None:
         log.info("gateway stopping")
+        if self.ads is not None:
+            self.ads.close_streams()  # open SSE responses would hold the HTTP server's shutdown
         if api_task is not None and self.api_server is not None:
             self.api_server.should_exit = True
             await asyncio.gather(api_task, return_exceptions=True)
         await asyncio.to_thread(self.visits.stop)
         if self.faces is not None:
             await asyncio.to_thread(self.faces.stop)
+        if self.audience is not None:
+            await asyncio.to_thread(self.audience.stop)
         await self.supervisor.stop()
         await self.bus.stop()  # what drivers emitted reaches the outbox queue
         for task in self._background:  # after the bus: the last decisions reach the access log
@@ -178,6 +202,9 @@ class Gateway:
             self.points.ledger.close()
         if self.sales is not None:
             self.sales.store.close()
+        if self.ads is not None:  # after the bus and the background tasks: the last reports are out
+            self.ads.store.close()
+            self.ads.plays.close()
         log.info("gateway stopped")
 
     async def _let_uplink_catch_up(self, timeout: float) -> None:
@@ -250,6 +277,8 @@ class Gateway:
             "devices": [d.as_dict() for d in devices],
             "cameras": [{"id": c["id"], "state": c["state"], "error": c["error"]} for c in cameras],
             "faces": faces,
+            "ads": self.ads.status() if self.ads is not None else None,
+            "audience": self.audience.status() if self.audience is not None else [],
         }
 
     # ----------------------------------------------------------------------------- commands
@@ -288,6 +317,8 @@ class Gateway:
             restart_required.append("access.store")
         if new.pos_store_path != old.pos_store_path:
             restart_required.append("pos.store")
+        if (new.ads_store_path, new.plays_store_path) != (old.ads_store_path, old.plays_store_path):
+            restart_required.append("ads.store")
         if (new.points.enabled, new.points_store_path) != (old.points.enabled, old.points_store_path):
             restart_required.append("points")
         faces_at_start = ("enabled", "store", "key_file", "embedder")
@@ -313,8 +344,30 @@ class Gateway:
             self.points.reconfigure(new.points, new.timezone)
         if self.sales is not None:
             self.sales.reconfigure(new.pos.templates, new.pos.attribution_window, new.timezone)
+        if self.ads is not None:
+            await self.ads.reconfigure(new.screens, new.timezone, new.ads.keep_plays, new.ads.plan_window)
+        if self.audience is not None:
+            await asyncio.to_thread(self.audience.apply, _screen_cameras(new))
         log.info("config reloaded: %s; restart required for: %s", changes, restart_required or "nothing")
         return {"devices": changes, "restart_required": restart_required}
+
+
+def _ad_scorer():
+    """The ad scorer shipped in the repository, for the planner's chooser; None (share of voice) if unusable."""
+    from .ads.scorer import SHIPPED_MODEL, ScorerHolder, load_shipped
+
+    if not SHIPPED_MODEL.exists():
+        return None
+    try:
+        return ScorerHolder(load_shipped())
+    except Exception as exc:
+        log.warning("ad scorer not loaded (%s): screens rotate by share of voice", exc)
+        return None
+
+
+def _screen_cameras(config: SiteConfigBase) -> dict[str, str]:
+    """Screens whose camera measures their audience: screen id -> camera device id."""
+    return {screen.id: screen.camera for screen in config.screens if screen.camera is not None}
 
 
 def _log_rejection(future) -> None:

@@ -80,7 +80,7 @@ class StorageConfig(StrictModel):
         "full", description="full: fsync every commit (survives power loss); normal: survives process crashes"
     )
     never_drop: list[str] = Field(
-        default_factory=lambda: ["access", "sale", "points", "gateway"],
+        default_factory=lambda: ["access", "sale", "points", "ad", "gateway"],
         description="event types or stream prefixes that are kept even over the caps",
     )
     drop_first: list[str] = Field(
@@ -214,6 +214,13 @@ class PosConfig(StrictModel):
 class AdsConfig(StrictModel):
     store: Path | None = Field(None, description="campaigns and creatives received by ads.sync; default: ads.db "
                                                  "beside storage.path")
+    # Issue 6: proof of play and the screens' plans.
+    plays_store: Path | None = Field(None, description="proof-of-play records posted by the players; default: "
+                                     "plays.db beside storage.path")
+    keep_plays: Duration = Field(30 * 86400.0, gt=3600, description="how long proof-of-play records are kept "
+                                 "(and how late a backfilled play is still accepted)")
+    plan_window: Duration = Field(7200.0, ge=600, le=86400, description="how far ahead a screen's playlist "
+                                  "reaches; re-planned when less than half of it is left")
 
 
 def _time_zone(name: str) -> str:
@@ -267,6 +274,15 @@ class SiteConfigBase(StrictModel):
         screen_ids = [screen.id for screen in self.screens]
         if len(set(screen_ids)) != len(screen_ids):
             raise ValueError("screen ids must be unique")
+        door_ids = {door.id for door in self.access.doors}
+        for screen in self.screens:  # issue 6: a screen's door and camera must exist
+            if screen.door is not None and screen.door not in door_ids:
+                raise ValueError(f"screen {screen.id}: door {screen.door!r} is not in access.doors")
+            if screen.camera is not None and kinds.get(screen.camera) != "camera":
+                raise ValueError(f"screen {screen.id}: camera {screen.camera!r} is not a camera in devices")
+        tokens = [s.token.get_secret_value() for s in self.screens if s.token is not None]
+        if len(set(tokens)) != len(tokens) or self.api.token.get_secret_value() in tokens:
+            raise ValueError("every screen needs its own token, different from api.token")
         for device in self.devices:
             if device.kind == "barcode_scanner" and not kinds.get(device.till, "").startswith("pos_"):
                 raise ValueError(f"device {device.id}: its till {device.till!r} is not a pos_serial, pos_tcp or "
@@ -287,6 +303,10 @@ class SiteConfigBase(StrictModel):
     @property
     def ads_store_path(self) -> Path:
         return self.ads.store or self.storage.path.parent / "ads.db"
+
+    @property
+    def plays_store_path(self) -> Path:
+        return self.ads.plays_store or self.storage.path.parent / "plays.db"
 
     @property
     def pos_store_path(self) -> Path:

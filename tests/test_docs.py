@@ -58,7 +58,7 @@ SITE, GATEWAY = "mall-sh-001", "gw-main"
 # Event types the gateway itself produces, each with a schema in docs/schemas/events/.
 GATEWAY_EVENT_TYPES = ("device.status", ALARM_EVENT_TYPE, "gateway.warning", "visit.entry", "visit.exit", "zone.dwell", "visit.counts",
                        "access.granted", "access.denied", "sale.captured", "sale.unparsed", "points.awarded",
-                       "points.reversed")
+                       "points.reversed", "ad.played")
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -539,7 +539,7 @@ def test_command_schema_matches_parse_command(asyncapi: dict):
         with pytest.raises(ValueError):
             parse_command(json.dumps(bad).encode())
     assert asyncapi["components"]["parameters"]["command"]["enum"] == [
-        "access.sync", "faces.delete", "faces.enroll", "ping", "points.sync", "reload-config"]
+        "access.sync", "ads.resend", "ads.sync", "faces.delete", "faces.enroll", "ping", "points.sync", "reload-config"]
 
 
 def test_real_status_payloads_validate(tmp_path: Path):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ..access.rules import DAY_SECONDS, WEEKDAYS, TimeWindow, clock_seconds
 from ..validation import Duration, StrictModel
@@ -150,6 +150,8 @@ class Campaign(_Frozen):
     trigger: Trigger | None = Field(None, description="interrupt-only campaign, chosen when this fires")
     trigger_duration: Annotated[Duration, _between(3, 8)] | None = Field(
         None, description="seconds an interrupt plays, 3 to 8 (default 5 with a trigger)")
+    category: str | None = Field(None, min_length=1, max_length=64, description="what it advertises (food, "
+                                 "fashion, jewellery, electronics, services, other): a feature of the ad scorer")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -185,6 +187,19 @@ class Screen(StrictModel):
     resolution: str | None = Field(None, pattern=r"^\d{1,5}x\d{1,5}$", description="WIDTHxHEIGHT")
     default_loop: tuple[Id, ...] = Field((), description="creative ids played when no campaign may; else "
                                          "the synced default loop, else a built-in Welcome text")
+    # Issue 6 (the screen API): how the player authenticates and what triggers its interrupts.
+    token: SecretStr | None = Field(None, description="bearer token of this screen's player for /v1/screens/{id}/... "
+                                    "(at least 16 characters); none: only the site API token may read it")
+    door: str | None = Field(None, description="an access door (access.doors id) whose openings trigger "
+                             "door_opened spots on this screen (a gate screen)")
+    camera: str | None = Field(None, description="a camera device watching the audience of this screen")
+
+    @field_validator("token")
+    @classmethod
+    def _token_long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < 16:
+            raise ValueError("token must be at least 16 characters")
+        return token
 
 
 class Removals(StrictModel):

@@ -1,0 +1,446 @@
+"""The ads service: the catalog, each screen's playlist, door-triggered interrupts, proof of play.
+
+- **Catalog.** Loaded from the `AdsStore` at start (in a worker thread); `ads.sync` (downlink) is
+  applied by the store in a worker thread, then every screen is re-planned. A refused sync leaves
+  the catalog, the store and the playlists as they were.
+- **Playlists.** Per screen, a plan from `planner.plan` for the coming `plan_window` (2 h), with a
+  deterministic seed per screen (crc32 of its id). The playlist is that plan as JSON: items
+  `{creative_id, campaign_id, type, media_url, duration, start, end}` (plus `sha256` for image and
+  video, `text` for text) in UTC, with `valid_until` (the end of the last item) and a `version`
+  derived from its content (`v{catalog version}-{digest}`), which is also the ETag: it changes
+  only when the content does. When less than half the window is left the plan is extended (the
+  items not yet over are kept, a new window is appended); when the catalog or the screen's config
+  changes it is re-planned from the end of the spot playing now (that spot is kept unless its
+  creative was removed). Each change that alters the content is announced to the screen's SSE
+  listeners (`playlist`), so players refetch; a player without SSE polls (with If-None-Match).
+- **Interrupts.** On `door.opened` (internal, from the access service) every screen whose `door`
+  is that door gets `planner.interrupt(..., trigger="door_opened")` (a 3-8 s spot of a triggered
+  campaign, caps counted over this screen's recent interrupts), pushed to its SSE listeners as an
+  `interrupt` message and recorded (per screen, for an hour; counted in `status`).
+- **Scorer.** With a `ScorerHolder`, the planner's `chooser` asks it to rank the candidates:
+  CandidateInfo from the campaign (`category`, else `other`) and creative, with this screen's
+  plays in the last hour before the plan (from the plays store and the previous plan). There is no
+  live audience yet (audience 0, crowd medium).
+- **Proof of play.** See `gateway.ads.plays`: records kept `keep_plays`, `ad.played` per
+  (screen, creative, campaign, hour) once the hour is over plus `report_delay` (5 min, for players
+  posting a minute late), revised when late plays arrive; `ads.resend {from, to}` sends the
+  reported aggregates of that range again (the same event ids). At start, the reports of the last
+  `REEMIT_AFTER_START` seconds are sent again (same ids), covering a crash between the report and
+  the outbox's commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from ..bus import EventBus
+from ..commands import CommandError
+from ..events import Event, normalise_timestamp, utc_timestamp
+from .model import WELCOME, AdsCatalog, Screen
+from .planner import PlanItem, interrupt, plan
+from .plays import HOUR_MS, Aggregate, PlayRecord, PlaysStore, from_ms, to_ms
+from .scorer import CandidateInfo, ScorerHolder, ScreenState
+from .store import AdsStore, parse_sync
+
+log = logging.getLogger("gateway.ads")
+
+TICK = 30.0  # seconds between checks of the plans (extend) and of the hours to report
+AGGREGATE_INTERVAL = 60.0
+PRUNE_INTERVAL = 3600.0
+REPORT_DELAY = 300.0  # seconds after an hour's end before it is reported
+REEMIT_AFTER_START = 120.0
+MAX_LISTENER_BACKLOG = 100
+MAX_CLOCK_SKEW_MS = 600_000  # a play may end at most 10 min in the gateway's future
+
+
+@dataclass(eq=False)
+class _ScreenPlan:
+    items: list[tuple[int, int, str, str | None]]  # (start ms, end ms, creative_id, campaign_id)
+    doc: dict[str, Any]
+    etag: str
+
+    @property
+    def end_ms(self) -> int:
+        return self.items[-1][1] if self.items else 0
+
+
+@dataclass(eq=False)
+class _ScreenRuntime:
+    screen: Screen
+    plan: _ScreenPlan | None = None
+    interrupts: deque = field(default_factory=lambda: deque(maxlen=1000))  # PlanItems
+    listeners: set[asyncio.Queue] = field(default_factory=set)
+
+
+class AdsService:
+    def __init__(self, bus: EventBus, store: AdsStore, plays: PlaysStore, screens: list[Screen], tz: str,
+                 site_id: str, gateway_id: str, scorer: ScorerHolder | None = None, *,
+                 keep_plays: float = 30 * 86400.0, plan_window: float = 7200.0,
+                 report_delay: float = REPORT_DELAY, clock: Callable[[], datetime] | None = None,
+                 audience: Callable[[str], Any] | None = None):
+        self.bus = bus
+        # screen id -> its camera's AudienceMeter (gateway.ads.audience), or None: the audience a
+        # play had is measured on the gateway and attached to the player's record.
+        self.audience = audience
+        self.store = store
+        self.plays = plays
+        self.site_id = site_id
+        self.gateway_id = gateway_id
+        self.scorer = scorer
+        self.report_delay = report_delay
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.catalog = AdsCatalog()
+        self._screens: dict[str, _ScreenRuntime] = {}
+        self._set_config(screens, tz, keep_plays, plan_window)
+        self._plan_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self.counts = {"interrupts": 0, "plays_accepted": 0, "plays_duplicates": 0, "plays_expired": 0,
+                       "ad_played_events": 0}
+        self._pending = 0
+
+    def _set_config(self, screens: list[Screen], tz: str, keep_plays: float, plan_window: float) -> None:
+        old = self._screens
+        self._screens = {s.id: old[s.id] if s.id in old else _ScreenRuntime(s) for s in screens}
+        for s in screens:
+            self._screens[s.id].screen = s
+        for gone in set(old) - set(self._screens):
+            for queue in old[gone].listeners:
+                _put(queue, None)
+        self.tz = ZoneInfo(tz)
+        self.keep_plays = keep_plays
+        self.plan_window = plan_window
+
+    def _now_ms(self) -> int:
+        return to_ms(self.clock())
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Load the catalog (off the loop), plan every screen, re-send the reports of just before."""
+        self.catalog = await asyncio.to_thread(self.store.load)
+        await self.replan(reset=True)
+        since = self._now_ms() - round(REEMIT_AFTER_START * 1000)
+        recent = await asyncio.to_thread(self.plays.reported, reported_since_ms=since)
+        self._publish(recent)
+        self._pending = await asyncio.to_thread(self.plays.pending_count)
+
+    async def run(self) -> None:
+        """Extend plans running low, report complete hours, prune old plays; until cancelled."""
+        loop = asyncio.get_running_loop()
+        next_aggregate = next_prune = loop.time()
+        while True:
+            try:
+                await self.replan(reset=False)
+                if loop.time() >= next_aggregate or self._wake.is_set():
+                    self._wake.clear()
+                    await self.aggregate()
+                    next_aggregate = loop.time() + AGGREGATE_INTERVAL
+                if loop.time() >= next_prune:
+                    await self.prune()
+                    next_prune = loop.time() + PRUNE_INTERVAL
+            except Exception:
+                log.exception("ads housekeeping failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), TICK)
+            except asyncio.TimeoutError:
+                pass
+
+    def close_streams(self) -> None:
+        """End every SSE stream (before the HTTP server stops: it waits for open responses)."""
+        for runtime in self._screens.values():
+            for queue in list(runtime.listeners):
+                _put(queue, None)
+
+    async def reconfigure(self, screens: list[Screen], tz: str, keep_plays: float | None = None,
+                          plan_window: float | None = None) -> None:
+        """A config reload: screens (tokens, doors, default loops), time zone, retention, window."""
+        self._set_config(screens, tz, self.keep_plays if keep_plays is None else keep_plays,
+                         self.plan_window if plan_window is None else plan_window)
+        await self.replan(reset=True)
+
+    # ------------------------------------------------------------------------------- the catalog
+
+    async def sync_command(self, args: dict) -> dict:
+        """The `ads.sync` downlink: store first (one transaction, in a worker thread), then re-plan."""
+        sync = parse_sync(args)  # AdsSyncError (a CommandError) for a malformed message
+        result = await asyncio.to_thread(self.store.apply, sync)
+        if result.get("applied"):
+            self.catalog = await asyncio.to_thread(self.store.load)
+            await self.replan(reset=True)
+        return result
+
+    # ---------------------------------------------------------------------------------- plans
+
+    def screen(self, screen_id: str) -> Screen | None:
+        runtime = self._screens.get(screen_id)
+        return runtime.screen if runtime is not None else None
+
+    def screens(self) -> list[Screen]:
+        return [r.screen for r in self._screens.values()]
+
+    def playlist(self, screen_id: str) -> tuple[dict[str, Any], str] | None:
+        """(the playlist document, its ETag) of a screen; None for an unknown screen."""
+        runtime = self._screens.get(screen_id)
+        if runtime is None or runtime.plan is None:
+            return None
+        return runtime.plan.doc, runtime.plan.etag
+
+    async def replan(self, reset: bool, screen_ids: Iterable[str] | None = None) -> None:
+        """reset: re-plan from the spot playing now (catalog or config changed); else only extend the
+        plans with less than half the window left."""
+        async with self._plan_lock:
+            now_ms = self._now_ms()
+            catalog = self.catalog
+            for screen_id in list(screen_ids if screen_ids is not None else self._screens):
+                runtime = self._screens.get(screen_id)
+                if runtime is None:
+                    continue
+                old = runtime.plan
+                if not reset and old is not None and old.end_ms - now_ms >= self.plan_window * 500:
+                    continue
+                new = await asyncio.to_thread(self._compute, runtime.screen, old, catalog, now_ms, reset)
+                runtime.plan = new
+                if old is None or new.etag != old.etag:
+                    self._notify(runtime, "playlist", {"version": new.doc["version"], "etag": new.etag,
+                                                       "valid_until": new.doc["valid_until"]})
+
+    def _compute(self, screen: Screen, old: _ScreenPlan | None, catalog: AdsCatalog, now_ms: int,
+                 reset: bool) -> _ScreenPlan:
+        kept: list[tuple[int, int, str, str | None]] = []
+        start_ms = now_ms
+        if old is not None and old.end_ms > now_ms:
+            if reset:
+                kept = [it for it in old.items if it[0] <= now_ms < it[1]
+                        and (it[2] in catalog.creatives or it[2] == WELCOME.creative_id)]
+            else:
+                kept = [it for it in old.items if it[1] > now_ms]
+            if kept:
+                start_ms = kept[-1][1]
+        history: dict[str, list[int]] = {}
+        if self.scorer is not None:
+            for creative_id, _, s in self.plays.recent(screen.id, start_ms - HOUR_MS):
+                history.setdefault(creative_id, []).append(s)
+            if old is not None:
+                for s, _, creative_id, _ in old.items:
+                    if start_ms - HOUR_MS <= s < start_ms:
+                        history.setdefault(creative_id, []).append(s)
+            for starts in history.values():
+                starts.sort()
+        planned = plan(catalog, screen, datetime.fromtimestamp(start_ms / 1000, timezone.utc),
+                       self.plan_window / 3600.0, self.tz, seed=zlib.crc32(screen.id.encode()),
+                       chooser=self._chooser(history))
+        ms = planned.starts_ms
+        items = kept + [(ms[i], ms[i + 1], c, k) for i, (c, k) in enumerate(planned.pairs)]
+        return self._document(screen, catalog, items)
+
+    def _document(self, screen: Screen, catalog: AdsCatalog, items: list) -> _ScreenPlan:
+        out = []
+        for s, e, creative_id, campaign_id in items:
+            creative = catalog.creatives.get(creative_id) or (WELCOME if creative_id == WELCOME.creative_id else None)
+            entry: dict[str, Any] = {"creative_id": creative_id, "campaign_id": campaign_id,
+                                     "type": creative.type if creative else None,
+                                     "media_url": creative.media_url if creative else None,
+                                     "duration": (e - s) / 1000, "start": from_ms(s), "end": from_ms(e)}
+            if creative is not None and creative.sha256:
+                entry["sha256"] = creative.sha256
+            if creative is not None and creative.text:
+                entry["text"] = creative.text
+            out.append(entry)
+        body = {"screen": screen.id, "catalog_version": catalog.version,
+                "valid_until": from_ms(items[-1][1]) if items else None, "items": out}
+        digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+        version = f"v{catalog.version}-{digest}"
+        return _ScreenPlan(items, {"version": version, **body}, f'"{version}"')
+
+    def _chooser(self, history: dict[str, list[int]]):
+        """The planner's chooser: the scorer's ranking (None without a loaded model)."""
+        holder = self.scorer
+        if holder is None or getattr(holder, "scorer", None) is None:
+            return None
+
+        def choose(moment: datetime, screen: Screen, candidates):
+            at = to_ms(moment)
+            infos = []
+            for campaign, creative in candidates:
+                starts = [s for s in history.get(creative.creative_id, ()) if s <= at]
+                infos.append(CandidateInfo(
+                    creative_id=creative.creative_id, campaign_id=campaign.campaign_id,
+                    category=campaign.category or "other", type=creative.type, duration=creative.duration,
+                    plays_last_hour=sum(1 for s in starts if s > at - HOUR_MS),
+                    seconds_since_last_play=(at - starts[-1]) / 1000 if starts else None))
+            return holder.rank(moment, ScreenState(screen.id), infos)
+
+        return choose
+
+    # ---------------------------------------------------------------------------- interrupts
+
+    async def on_door_opened(self, event: Event) -> None:
+        """Bus subscriber for the internal `door.opened` {door, person_id, method}."""
+        door = event.data.get("door")
+        if door is None:
+            return
+        at = self.clock()
+        for runtime in self._screens.values():
+            if runtime.screen.door != door:
+                continue
+            recent = [i for i in runtime.interrupts if to_ms(i.start) > to_ms(at) - 2 * HOUR_MS]
+            item = interrupt(self.catalog, runtime.screen, "door_opened", at, self.tz, recent=recent)
+            if item is None:
+                continue
+            runtime.interrupts.append(item)
+            self.counts["interrupts"] += 1
+            self._notify(runtime, "interrupt", self._interrupt_message(item, door))
+
+    def _interrupt_message(self, item: PlanItem, door: str) -> dict[str, Any]:
+        creative = self.catalog.creatives.get(item.creative_id)
+        message = {"creative_id": item.creative_id, "campaign_id": item.campaign_id,
+                   "type": creative.type if creative else None,
+                   "media_url": creative.media_url if creative else None,
+                   "duration": (item.end - item.start).total_seconds(), "trigger": "door_opened",
+                   "door": door, "at": utc_timestamp(item.start)}
+        if creative is not None and creative.sha256:
+            message["sha256"] = creative.sha256
+        if creative is not None and creative.text:
+            message["text"] = creative.text
+        return message
+
+    def interrupts(self, screen_id: str) -> list[PlanItem]:
+        runtime = self._screens.get(screen_id)
+        return list(runtime.interrupts) if runtime is not None else []
+
+    # ----------------------------------------------------------------------------- listeners
+
+    def subscribe(self, screen_id: str) -> asyncio.Queue:
+        """A queue of (kind, data) messages for an SSE stream; None in it: the stream ends."""
+        queue: asyncio.Queue = asyncio.Queue(MAX_LISTENER_BACKLOG)
+        runtime = self._screens.get(screen_id)
+        if runtime is None:  # removed by a reload meanwhile: the stream ends at once
+            queue.put_nowait(None)
+        else:
+            runtime.listeners.add(queue)
+        return queue
+
+    def unsubscribe(self, screen_id: str, queue: asyncio.Queue) -> None:
+        runtime = self._screens.get(screen_id)
+        if runtime is not None:
+            runtime.listeners.discard(queue)
+
+    def _notify(self, runtime: _ScreenRuntime, kind: str, data: dict[str, Any]) -> None:
+        for queue in list(runtime.listeners):
+            try:
+                queue.put_nowait((kind, data))
+            except asyncio.QueueFull:
+                log.warning("screen %s: a listener is not reading; %s dropped", runtime.screen.id, kind)
+
+    # ------------------------------------------------------------------------- proof of play
+
+    def too_late_ms(self) -> int:
+        """Plays of hours before this (UTC ms) are refused as expired: they are about to be pruned."""
+        return (self._now_ms() - round(self.keep_plays * 1000)) // HOUR_MS * HOUR_MS + HOUR_MS
+
+    async def add_plays(self, screen_id: str, records: list[PlayRecord]) -> dict[str, int]:
+        """Store a player's records: {accepted, duplicates, expired (older than keep_plays)}."""
+        now_ms = self._now_ms()
+        horizon = self.too_late_ms()
+        fresh = [self._with_audience(screen_id, r) for r in records if r.start_ms // HOUR_MS * HOUR_MS >= horizon]
+        accepted, duplicates = await asyncio.to_thread(self.plays.add, screen_id, fresh, now_ms)
+        expired = len(records) - len(fresh)
+        self.counts["plays_accepted"] += accepted
+        self.counts["plays_duplicates"] += duplicates
+        self.counts["plays_expired"] += expired
+        if accepted:
+            self._pending = await asyncio.to_thread(self.plays.pending_count)
+            cutoff = now_ms - round(self.report_delay * 1000)
+            if any(r.start_ms // HOUR_MS * HOUR_MS + HOUR_MS <= cutoff for r in fresh):
+                self._wake.set()  # a late play of an hour already due: report it soon
+        return {"accepted": accepted, "duplicates": duplicates, "expired": expired}
+
+    def _with_audience(self, screen_id: str, record: PlayRecord) -> PlayRecord:
+        """The record with the audience the screen's camera measured during the play, when the
+        player sent none and the camera saw the window (a play older than the meter's horizon, or
+        with the camera down, stays unmeasured)."""
+        if record.impressions is not None or self.audience is None:
+            return record
+        meter = self.audience(screen_id)
+        if meter is None:
+            return record
+        measured = meter.window(record.start_ms / 1000, record.end_ms / 1000)
+        if not measured.frames:
+            return record
+        return dataclasses.replace(record, impressions=measured.impressions,
+                                   attention_s=round(measured.attention_s, 3))
+
+    async def aggregate(self) -> int:
+        """Publish `ad.played` for the changed groups of complete hours; the number published."""
+        now_ms = self._now_ms()
+        due = await asyncio.to_thread(self.plays.due, now_ms - round(self.report_delay * 1000))
+        if due:
+            self._publish(due)
+            await asyncio.to_thread(self.plays.mark_reported, due, now_ms)
+        self._pending = await asyncio.to_thread(self.plays.pending_count)
+        return len(due)
+
+    def _publish(self, aggregates: list[Aggregate]) -> None:
+        for a in aggregates:
+            self.bus.publish(Event("ad.played", a.screen, a.as_data(), event_id=a.event_id(self.site_id)))
+        self.counts["ad_played_events"] += len(aggregates)
+
+    async def prune(self) -> int:
+        removed = await asyncio.to_thread(self.plays.prune, self._now_ms() - round(self.keep_plays * 1000))
+        if removed:
+            log.info("plays: %d records older than %gs forgotten", removed, self.keep_plays)
+        return removed
+
+    async def resend_command(self, args: dict) -> dict:
+        """The `ads.resend` downlink {from, to} (ISO-8601 with a zone): the reported `ad.played` of the
+        hours starting in [from, to) again, with their event ids (after reporting what is due)."""
+        try:
+            start = _ms_of(normalise_timestamp(str(args["from"])))
+            end = _ms_of(normalise_timestamp(str(args["to"])))
+        except KeyError as exc:
+            raise CommandError(f"ads.resend needs {exc.args[0]!r} (ISO-8601 with a zone)") from None
+        except (ValueError, OverflowError) as exc:
+            raise CommandError(f"ads.resend: {exc}") from None
+        if end <= start:
+            raise CommandError("ads.resend: `to` must be after `from`")
+        await self.aggregate()
+        found = await asyncio.to_thread(self.plays.reported, start // HOUR_MS * HOUR_MS, end)
+        self._publish(found)
+        return {"events": len(found), "from": from_ms(start // HOUR_MS * HOUR_MS), "to": from_ms(end)}
+
+    # -------------------------------------------------------------------------------- health
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "catalog_version": self.catalog.version,
+            "screens": [{"id": r.screen.id, "version": r.plan.doc["version"] if r.plan else None,
+                         "valid_until": r.plan.doc["valid_until"] if r.plan else None,
+                         "listeners": len(r.listeners)} for r in self._screens.values()],
+            "plays_pending": self._pending,
+            **self.counts,
+        }
+
+
+def _ms_of(text: str) -> int:
+    return to_ms(datetime.fromisoformat(text.replace("Z", "+00:00")))
+
+
+def _put(queue: asyncio.Queue, item) -> None:
+    try:
+        queue.put_nowait(item)
+    except asyncio.QueueFull:
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(item)
