@@ -25,6 +25,7 @@ from .access.store import AccessStore
 from .ads.plays import PlaysStore
 from .ads.audience import AudienceService
 from .ads.service import AdsService
+from .ads.signs import SignPlayer
 from .ads.store import AdsStore
 from .api import create_app
 from .bus import EventBus
@@ -82,6 +83,7 @@ class Gateway:
         self.sales: SalesService | None = None
         self.ads: AdsService | None = None
         self.audience: AudienceService | None = None
+        self._sign_players: list[asyncio.Task] = []
         self.api_server: _EmbeddedServer | None = None
         self.api_port: int | None = None
         self._stop: asyncio.Event | None = None
@@ -136,6 +138,7 @@ class Gateway:
                               audience=self.audience.meter)
         await self.ads.start()
         await asyncio.to_thread(self.audience.apply, _screen_cameras(self.config))
+        self._start_sign_players()
         self.bus.subscribe("ads", self.ads.on_door_opened, ["door.opened"])
         self._background.append(asyncio.create_task(self.ads.run(), name="ads"))
         self.commands.register("ads.sync", self.ads.sync_command)
@@ -187,6 +190,9 @@ class Gateway:
             await asyncio.to_thread(self.faces.stop)
         if self.audience is not None:
             await asyncio.to_thread(self.audience.stop)
+        for task in self._sign_players:
+            task.cancel()
+        await asyncio.gather(*self._sign_players, return_exceptions=True)
         await self.supervisor.stop()
         await self.bus.stop()  # what drivers emitted reaches the outbox queue
         for task in self._background:  # after the bus: the last decisions reach the access log
@@ -206,6 +212,18 @@ class Gateway:
             self.ads.store.close()
             self.ads.plays.close()
         log.info("gateway stopped")
+
+    def _start_sign_players(self) -> None:
+        """A SignPlayer per screen that is an LED sign (`screens[].sign`), showing its plan's texts."""
+        for task in self._sign_players:
+            task.cancel()
+        self._sign_players = []
+        for screen in self.config.screens:
+            if screen.sign is None or self.ads is None:
+                continue
+            player = SignPlayer(screen.id, lambda moment, sid=screen.id: self.ads.now_playing(sid, moment),
+                                lambda device=screen.sign: self.supervisor.drivers.get(device), self.config.timezone)
+            self._sign_players.append(asyncio.create_task(player.run(), name=f"sign-{screen.id}"))
 
     async def _let_uplink_catch_up(self, timeout: float) -> None:
         """On a clean stop, give the last events (final counts, statuses) a moment to go up now
@@ -348,6 +366,7 @@ class Gateway:
             await self.ads.reconfigure(new.screens, new.timezone, new.ads.keep_plays, new.ads.plan_window)
         if self.audience is not None:
             await asyncio.to_thread(self.audience.apply, _screen_cameras(new))
+        self._start_sign_players()
         log.info("config reloaded: %s; restart required for: %s", changes, restart_required or "nothing")
         return {"devices": changes, "restart_required": restart_required}
 

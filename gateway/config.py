@@ -280,6 +280,8 @@ class SiteConfigBase(StrictModel):
                 raise ValueError(f"screen {screen.id}: door {screen.door!r} is not in access.doors")
             if screen.camera is not None and kinds.get(screen.camera) != "camera":
                 raise ValueError(f"screen {screen.id}: camera {screen.camera!r} is not a camera in devices")
+            if screen.sign is not None and kinds.get(screen.sign) != "led_sign":
+                raise ValueError(f"screen {screen.id}: sign {screen.sign!r} is not an led_sign in devices")
         tokens = [s.token.get_secret_value() for s in self.screens if s.token is not None]
         if len(set(tokens)) != len(tokens) or self.api.token.get_secret_value() in tokens:
             raise ValueError("every screen needs its own token, different from api.token")

@@ -362,3 +362,36 @@ def test_a_sign_plays_the_text_creatives_of_its_plan(sign):
     assert [text for text, _ in sign.shown] == ["Welcome! Tue 10:00", "B1 food court: 2x points today"]
     assert player.shows == 2
     assert fill("{parking} {time", start) == "{parking} {time"  # unknown and broken placeholders as written
+
+
+def test_a_sign_screen_in_the_gateway_shows_its_campaign_text(tmp_path, sign):
+    """A real gateway in-process: the `led_sign` device on the virtual sign, a screen that is that
+    sign, and an ads.sync with a text campaign: the sign shows the campaign's text."""
+    import asyncio
+
+    import yaml
+
+    from gateway.config import parse_config
+    from simulator.brokers import free_port
+    from test_api import RunningGateway
+
+    config = parse_config(yaml.safe_dump({
+        "site_id": "mall-1", "gateway_id": "gw-1", "timezone": "Asia/Shanghai",
+        "uplink": {"host": "127.0.0.1", "port": free_port(), "reconnect_min": "100ms", "reconnect_max": "1s"},
+        "storage": {"path": str(tmp_path / "gateway.db")},
+        "api": {"host": "127.0.0.1", "port": 0, "token": "site-token-0123456789abcdef"},
+        "devices": [{"id": "sign-1", "kind": "led_sign", "port": sign.port, "address": "01", "reopen_max": "0.3s"}],
+        "screens": [{"id": "lobby-sign", "sign": "sign-1"}],
+    }), "site.yaml", env={})
+    running = RunningGateway(config).start()
+    try:
+        sync = {"version": 1, "mode": "snapshot",
+                "creatives": [{"creative_id": "welcome", "type": "text", "duration": 30,
+                               "text": "Welcome to MixC - {weekday}"}],
+                "campaigns": [{"campaign_id": "hello", "creatives": ["welcome"], "screens": ["lobby-sign"]}]}
+        asyncio.run_coroutine_threadsafe(running.gateway.ads.sync_command(sync), running.gateway._loop).result(30)
+        until(lambda: sign.current is not None and sign.current[0].startswith("Welcome to MixC - "),
+              what="the campaign's text on the sign")
+    finally:
+        running.stop()
+    assert sign.current[0][-3:] in ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")

@@ -193,6 +193,8 @@ class Screen(StrictModel):
     door: str | None = Field(None, description="an access door (access.doors id) whose openings trigger "
                              "door_opened spots on this screen (a gate screen)")
     camera: str | None = Field(None, description="a camera device watching the audience of this screen")
+    sign: str | None = Field(None, description="an led_sign device: this screen is that LED sign, which shows "
+                                               "the text creatives of its plan")
 
     @field_validator("token")
     @classmethod

@@ -48,7 +48,7 @@ import orjson
 from ..bus import EventBus
 from ..commands import CommandError
 from ..events import Event, normalise_timestamp, utc_timestamp
-from .model import WELCOME, AdsCatalog, Screen
+from .model import WELCOME, AdsCatalog, Creative, Screen
 from .planner import PlanItem, interrupt, plan
 from .plays import HOUR_MS, Aggregate, PlayRecord, PlaysStore, from_ms, to_ms
 from .scorer import CandidateInfo, ScorerHolder, ScreenState
@@ -189,6 +189,19 @@ class AdsService:
 
     def screens(self) -> list[Screen]:
         return [r.screen for r in self._screens.values()]
+
+    def now_playing(self, screen_id: str, moment: datetime) -> Creative | None:
+        """The creative the screen's plan plays at `moment` (a sign shows it; a player plays the
+        playlist itself); None outside the plan or for an unknown screen."""
+        runtime = self._screens.get(screen_id)
+        if runtime is None or runtime.plan is None:
+            return None
+        at_ms = to_ms(moment)
+        for start_ms, end_ms, creative_id, _ in runtime.plan.items:
+            if start_ms <= at_ms < end_ms:
+                return self.catalog.creatives.get(creative_id) or (
+                    WELCOME if creative_id == WELCOME.creative_id else None)
+        return None
 
     def playlist(self, screen_id: str) -> tuple[dict[str, Any], str] | None:
         """(the playlist document, its ETag) of a screen; None for an unknown screen."""
