@@ -19,6 +19,11 @@ Phases (one function each, so more can be added: serving playlists to players, i
       Plans keep whole milliseconds and build PlanItem datetimes when read; the time to read
       every spot of every plan is printed too. It also checks each plan (back to back, covering the window, caps never exceeded) outside
       the timed part.
+  (b) serving playlists: a real gateway (in this process, its one uvicorn worker on loopback) with
+      the catalog synced, and `wrk` (Debian's HTTP load generator, a separate process: one thread,
+      16 connections, 10 s) asking one screen's playlist with the screen's token and If-None-Match
+      (every answer a 304), then without it (every answer the full 200 JSON), and the health
+      endpoint as a baseline of the server itself       target >= 2,000 requests/s, p99 <= 20 ms
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from gateway.ads.model import AdsCatalog, AdsSync, Screen
 from gateway.ads.planner import plan
 
 TARGET_PLANNING_S = 1.0
+TARGET_PLAYLIST_RPS = 2000
+TARGET_PLAYLIST_P99_MS = 20.0
 TZ = "Asia/Shanghai"
 FLOORS = [f"floor-{n}" for n in range(1, 6)]
 ZONES = ["entrance", "food-court", "fashion", "cinema", "car-park"]
@@ -141,15 +148,128 @@ def phase_planning(screens: list[Screen], sync_body: dict, hours: float, repeat:
     return best
 
 
+def _wrk(url: str, headers: dict[str, str], seconds: int, connections: int) -> tuple[float, float]:
+    """(requests per second, p99 latency in ms) from wrk's --latency report."""
+    import re
+    import subprocess
+
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    out = subprocess.run(command + [url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()
+    p99_ms = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    if re.search(r"Non-2xx or 3xx responses", out):
+        raise RuntimeError(f"wrk saw error responses:\n{out}")
+    return rps, p99_ms
+
+
+def _media_server(sync_body: dict) -> tuple[dict, object]:
+    """A local HTTP server holding every creative's media (a few KB of bytes each), and the catalog
+    with its URLs and sha256 pointing there: the gateway's media cache fetches and verifies them
+    before the measurement, as on a site, instead of retrying unreachable URLs during it."""
+    import copy
+    import hashlib
+    import http.server
+    import threading
+
+    body = copy.deepcopy(sync_body)
+    files: dict[str, bytes] = {}
+    for n, creative in enumerate(body["creatives"]):
+        if creative.get("media_url"):
+            data = hashlib.sha256(str(n).encode()).digest() * 64  # 2 KB, different per creative
+            files[f"/ads/{n:04d}.bin"] = data
+            creative["sha256"] = hashlib.sha256(data).hexdigest()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            data = files.get(self.path)
+            self.send_response(200 if data is not None else 404)
+            self.send_header("Content-Length", str(len(data or b"")))
+            self.end_headers()
+            self.wfile.write(data or b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for n, creative in enumerate(body["creatives"]):
+        if creative.get("media_url"):
+            creative["media_url"] = f"http://127.0.0.1:{server.server_address[1]}/ads/{n:04d}.bin"
+    return body, server
+
+
+def phase_playlists(screens: list[Screen], sync_body: dict, seconds: int, connections: int) -> None:
+    """(b) playlist requests per second against the running gateway."""
+    import asyncio
+    import shutil
+    import tempfile
+
+    import httpx
+    import yaml
+
+    if shutil.which("wrk") is None:
+        print("(b) serving playlists: skipped, `wrk` is not installed (sudo apt-get install wrk)")
+        return
+    from gateway.config import parse_config
+    from simulator.brokers import free_port
+    from simulator.process import RunningGateway
+
+    token, site_token = "screen-token-0123456789abcdef", "site-token-0123456789abcdef"
+    screen = screens[0].model_dump(mode="json", exclude_none=True)
+    screen["token"] = token
+    with tempfile.TemporaryDirectory() as tmp:
+        config = parse_config(yaml.safe_dump({
+            "site_id": "bench", "gateway_id": "gw", "timezone": TZ, "log_level": "warning",
+            "uplink": {"host": "127.0.0.1", "port": free_port(), "reconnect_min": "1s", "reconnect_max": "10s"},
+            "storage": {"path": str(Path(tmp) / "gateway.db")},
+            "api": {"host": "127.0.0.1", "port": 0, "token": site_token},
+            "screens": [screen]}), "bench.yaml", env={})
+        sync_body, media = _media_server(sync_body)
+        running = RunningGateway(config).start()
+        try:
+            gateway = running.gateway
+            asyncio.run_coroutine_threadsafe(gateway.ads.sync_command(sync_body), gateway._loop).result(60)
+            deadline = time.monotonic() + 120
+            while gateway.ads.status()["media"]["pending"] and time.monotonic() < deadline:
+                time.sleep(0.2)  # the screen's media cached first, as on a site after a sync
+            base = f"http://127.0.0.1:{gateway.api_port}"
+            url = f"{base}/v1/screens/{screen['id']}/playlist"
+            auth = {"Authorization": f"Bearer {token}"}
+            first = httpx.get(url, headers=auth)
+            first.raise_for_status()
+            etag = first.headers["etag"]
+            assert httpx.get(url, headers={**auth, "If-None-Match": etag}).status_code == 304
+            health_rps, health_p99 = _wrk(f"{base}/v1/health", {}, seconds, connections)
+            full_rps, full_p99 = _wrk(url, auth, seconds, connections)
+            rps, p99 = _wrk(url, {**auth, "If-None-Match": etag}, seconds, connections)
+        finally:
+            running.stop()
+            media.shutdown()
+    verdict = "ok" if rps >= TARGET_PLAYLIST_RPS and p99 <= TARGET_PLAYLIST_P99_MS else "MISSED"
+    print(f"(b) serving playlists (one uvicorn worker; wrk 1 thread, {connections} connections, {seconds} s each; "
+          f"playlist of {len(first.json()['items'])} items, {len(first.content)} bytes)")
+    print(f"      If-None-Match (304): {rps:8.0f} requests/s  p99 {p99:6.2f} ms   "
+          f"target >= {TARGET_PLAYLIST_RPS}/s and p99 <= {TARGET_PLAYLIST_P99_MS:g} ms: {verdict}")
+    print(f"      full playlist (200): {full_rps:8.0f} requests/s  p99 {full_p99:6.2f} ms")
+    print(f"      /v1/health baseline: {health_rps:8.0f} requests/s  p99 {health_p99:6.2f} ms  "
+          f"(304 / health = {rps / health_rps:.2f})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--screens", type=int, default=100)
     parser.add_argument("--campaigns", type=int, default=500)
     parser.add_argument("--hours", type=float, default=24)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run in (b)")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections in (b)")
     args = parser.parse_args()
     screens, body = make_site(args.screens, args.campaigns)
     phase_planning(screens, body, args.hours, args.repeat)
+    phase_playlists(screens, body, args.seconds, args.connections)
     return 0
 
 

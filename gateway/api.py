@@ -107,7 +107,7 @@ def create_app(gateway: "Gateway") -> FastAPI:
     )
     bearer = HTTPBearer(auto_error=False)
 
-    def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    async def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         expected = gateway.config.api.token.get_secret_value()
         if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
@@ -177,6 +177,8 @@ def create_app(gateway: "Gateway") -> FastAPI:
     # Issue 6: the screens' players (playlist, proof of play, SSE interrupts), in gateway/ads/api.py.
     from .ads.api import screen_router
     app.include_router(screen_router(gateway))
+    from .ads.api import player_router  # the reference web player: /player/{screen_id}
+    app.include_router(player_router(gateway))
 
     original_openapi = app.openapi
 

@@ -24,6 +24,7 @@ from .access.service import READ_EVENT_TYPES, AccessService
 from .access.store import AccessStore
 from .ads.plays import PlaysStore
 from .ads.audience import AudienceService
+from .ads.media import MediaCache
 from .ads.service import AdsService
 from .ads.signs import SignPlayer
 from .ads.store import AdsStore
@@ -132,10 +133,14 @@ class Gateway:
         ads_store = await asyncio.to_thread(AdsStore, self.config.ads_store_path, self.config.storage.synchronous)
         plays_store = await asyncio.to_thread(PlaysStore, self.config.plays_store_path, self.config.storage.synchronous)
         self.audience = AudienceService(self.frames, models_dir(self.config.models.dir), self.config.models.threads)
+        # Issue 6 (media): the creatives' files, fetched, checked and served to the players.
+        media = MediaCache(self.config.ads_media_dir, self.config.ads.media_max_bytes,
+                           max_file_bytes=self.config.ads.media_max_file_bytes)
+        await media.start()
         self.ads = AdsService(self.bus, ads_store, plays_store, self.config.screens, self.config.timezone,
                               self.config.site_id, self.config.gateway_id, scorer=await asyncio.to_thread(_ad_scorer),
                               keep_plays=self.config.ads.keep_plays, plan_window=self.config.ads.plan_window,
-                              audience=self.audience.meter)
+                              audience=self.audience.meter, media=media)
         await self.ads.start()
         await asyncio.to_thread(self.audience.apply, _screen_cameras(self.config))
         self._start_sign_players()
@@ -208,6 +213,8 @@ class Gateway:
             self.points.ledger.close()
         if self.sales is not None:
             self.sales.store.close()
+        if self.ads is not None and self.ads.media is not None:  # issue 6 (media)
+            await self.ads.media.close()
         if self.ads is not None:  # after the bus and the background tasks: the last reports are out
             self.ads.store.close()
             self.ads.plays.close()
@@ -337,6 +344,8 @@ class Gateway:
             restart_required.append("pos.store")
         if (new.ads_store_path, new.plays_store_path) != (old.ads_store_path, old.plays_store_path):
             restart_required.append("ads.store")
+        if new.ads_media_dir != old.ads_media_dir:  # issue 6 (media)
+            restart_required.append("ads.media_dir")
         if (new.points.enabled, new.points_store_path) != (old.points.enabled, old.points_store_path):
             restart_required.append("points")
         faces_at_start = ("enabled", "store", "key_file", "embedder")
@@ -363,6 +372,9 @@ class Gateway:
         if self.sales is not None:
             self.sales.reconfigure(new.pos.templates, new.pos.attribution_window, new.timezone)
         if self.ads is not None:
+            if self.ads.media is not None:  # issue 6 (media): the sizes apply at once
+                self.ads.media.max_bytes = int(new.ads.media_max_bytes)
+                self.ads.media.max_file_bytes = int(new.ads.media_max_file_bytes)
             await self.ads.reconfigure(new.screens, new.timezone, new.ads.keep_plays, new.ads.plan_window)
         if self.audience is not None:
             await asyncio.to_thread(self.audience.apply, _screen_cameras(new))

@@ -221,6 +221,13 @@ class AdsConfig(StrictModel):
                                  "(and how late a backfilled play is still accepted)")
     plan_window: Duration = Field(7200.0, ge=600, le=86400, description="how far ahead a screen's playlist "
                                   "reaches; re-planned when less than half of it is left")
+    # Issue 6 (media): the screens' media cache.
+    media_dir: Path | None = Field(None, description="where the creatives' files are cached (by sha256); "
+                                   "default: media/ beside storage.path")
+    media_max_bytes: ByteSize = Field(ByteSize(2 * 1024**3), ge=1024**2, description="the media cache's size; "
+                                      "the least recently used files not in a current playlist are evicted")
+    media_max_file_bytes: ByteSize = Field(ByteSize(512 * 1024**2), ge=1024, description="largest media file "
+                                           "fetched; a larger one is refused (and retried later)")
 
 
 def _time_zone(name: str) -> str:
@@ -309,6 +316,10 @@ class SiteConfigBase(StrictModel):
     @property
     def plays_store_path(self) -> Path:
         return self.ads.plays_store or self.storage.path.parent / "plays.db"
+
+    @property
+    def ads_media_dir(self) -> Path:  # issue 6 (media)
+        return self.ads.media_dir or self.storage.path.parent / "media"
 
     @property
     def pos_store_path(self) -> Path:

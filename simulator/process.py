@@ -6,10 +6,12 @@ or an OOM kill would, and check what survives.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -86,3 +88,40 @@ class GatewayProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+class RunningGateway:
+    """A `Gateway` running in this process: `gateway.run()` on its own loop in a background thread,
+    until `stop()` (tests and benchmarks that need the gateway's objects at hand)."""
+
+    def __init__(self, config):
+        from gateway.app import Gateway
+
+        self.gateway = Gateway(config)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, name="gateway", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self.gateway.run())
+        except BaseException as exc:  # surfaced by start()
+            self.error = exc
+
+    def start(self, timeout: float = 30.0) -> "RunningGateway":
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.gateway.running.is_set():
+            if self.error is not None or not self.thread.is_alive():
+                raise RuntimeError(f"the gateway did not start: {self.error!r}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not start in time")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.gateway.request_stop()
+        self.thread.join(30)
+        if self.thread.is_alive():
+            raise RuntimeError("the gateway did not stop")
+        if self.error is not None:
+            raise self.error

@@ -3,9 +3,7 @@ over TCP with httpx. The uplink points at a port where nothing listens: the API 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 import uuid
 from datetime import datetime
@@ -16,10 +14,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.events import DEVICE_ID_PATTERN, EVENT_TYPE_PATTERN
 from simulator.brokers import free_port
+from simulator.process import RunningGateway
 from support import outbox_rows
 
 TOKEN = "test-token-0123456789abcdef"
@@ -37,38 +35,6 @@ def site_config(db_path, uplink_port: int):
         "api": {"host": "127.0.0.1", "port": 0, "token": TOKEN, "max_body_bytes": MAX_BODY},
         "devices": [{"id": DEVICE, "kind": "http_ingest", "stale_after": "1h"}],
     }), "test-site.yaml", env={})
-
-
-class RunningGateway:
-    """`gateway.run()` on a loop in a background thread, until `stop()`."""
-
-    def __init__(self, config):
-        self.gateway = Gateway(config)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._main, name="gateway", daemon=True)
-
-    def _main(self) -> None:
-        try:
-            asyncio.run(self.gateway.run())
-        except BaseException as exc:  # surfaced by start()
-            self.error = exc
-
-    def start(self) -> "RunningGateway":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.gateway.running.is_set():
-            if self.error is not None or not self.thread.is_alive():
-                raise RuntimeError(f"the gateway did not start: {self.error!r}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the gateway did not start in time")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.gateway.request_stop()
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "the gateway did not stop"
-        assert self.error is None, self.error
 
 
 @pytest.fixture(scope="module")

@@ -373,7 +373,7 @@ def test_a_sign_screen_in_the_gateway_shows_its_campaign_text(tmp_path, sign):
 
     from gateway.config import parse_config
     from simulator.brokers import free_port
-    from test_api import RunningGateway
+    from simulator.process import RunningGateway
 
     config = parse_config(yaml.safe_dump({
         "site_id": "mall-1", "gateway_id": "gw-1", "timezone": "Asia/Shanghai",

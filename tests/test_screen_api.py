@@ -19,7 +19,7 @@ import yaml
 from gateway.config import parse_config
 from gateway.events import Event
 from simulator.brokers import free_port
-from test_api import RunningGateway
+from simulator.process import RunningGateway
 
 TOKEN = "site-token-0123456789abcdef"
 LOBBY = "lobby-token-0123456789abcdef"

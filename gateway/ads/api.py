@@ -3,6 +3,8 @@
     GET  /v1/screens/{id}/playlist   the playlist; ETag, If-None-Match -> 304; Cache-Control: no-cache
     POST /v1/screens/{id}/plays      proof of play {"plays": [...]} (at most 1000) -> 202 {accepted, duplicates, expired}
     GET  /v1/screens/{id}/events     Server-Sent Events: `interrupt` and `playlist`; `: keep-alive` every 15 s
+    GET  /v1/screens/{id}/media/{sha256}   a creative's file from the gateway's media cache (the playlist's
+                                     `local_url`); ETag the sha256, immutable; 404 while not cached
 
 Auth, in this order: an unknown screen id is 404 (screen ids are not secrets); no bearer token (or a
 blank one) is 401; the screen's own token (`screens[].token`) may do everything; the site API
@@ -23,11 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..events import normalise_timestamp
+from .media import SHA256
 from .plays import PlayRecord, to_ms
 from .service import MAX_CLOCK_SKEW_MS
 
@@ -140,11 +143,13 @@ def screen_router(gateway: "Gateway") -> APIRouter:
                 raise HTTPException(status.HTTP_403_FORBIDDEN, "this token belongs to another screen")
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong bearer token", headers=unauthorised)
 
-    def reader(screen_id: str, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
+    # async: a few comparisons, done on the loop; a plain `def` dependency would cost every request a
+    # hop to FastAPI's thread pool (a third of the throughput of a 304).
+    async def reader(screen_id: str, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
         authorise(screen_id, credentials, write=False)
         return screen_id
 
-    def writer(screen_id: str, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
+    async def writer(screen_id: str, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
         authorise(screen_id, credentials, write=True)
         return screen_id
 
@@ -162,6 +167,21 @@ def screen_router(gateway: "Gateway") -> APIRouter:
         if _matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
         return Response(orjson.dumps(doc), media_type="application/json", headers=headers)
+
+    # Issue 6 (media): the screens' media, served from the gateway's cache.
+    @router.get("/{screen_id}/media/{sha256}", summary="A creative's file from the media cache (the playlist's "
+                "local_url); 404 while not cached: use media_url", response_class=FileResponse,
+                responses={**errors, 304: {"description": "unchanged"}, 404: {"description": "no such screen, "
+                           "or the file is not cached (yet)"}})
+    async def media(request: Request, sha256: str, screen_id: str = Depends(reader)) -> Response:
+        found = service().media_file(sha256) if SHA256.match(sha256) else None
+        if found is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "not cached (yet): use the item's media_url")
+        path, media_type = found
+        headers = {"ETag": f'"{sha256}"', "Cache-Control": "public, max-age=31536000, immutable"}
+        if _matches(request.headers.get("if-none-match"), headers["ETag"]):
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+        return FileResponse(path, media_type=media_type, headers=headers)
 
     @router.post("/{screen_id}/plays", status_code=status.HTTP_202_ACCEPTED, response_model=PlaysResponse,
                  summary="Proof of play; 202 once stored; idempotent by play_id",
@@ -217,3 +237,47 @@ def screen_router(gateway: "Gateway") -> APIRouter:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return router
+
+
+# ---------------------------------------------------------------- issue 6: the reference web player
+# GET /player/{screen_id}        the player page (index.html); the screen's token goes in the URL's
+#                                fragment (#token=...), which browsers never send, so it stays out of
+#                                server and proxy logs; player.js sends it as `Authorization: Bearer`.
+# GET /player/static/{name}      the player's static files (gateway/ads/player/), a fixed set.
+# No auth here: the files hold no secret, and everything the page then asks for needs the token.
+
+PLAYER_DIR = __import__("pathlib").Path(__file__).with_name("player")
+PLAYER_FILES = {"index.html": "text/html; charset=utf-8", "player.js": "text/javascript; charset=utf-8"}
+PLAYER_HEADERS = {
+    "Cache-Control": "no-cache",  # revalidated on every load, so a new gateway's player is picked up
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    # Media and web creatives may come from the platform's CDN; the page itself talks only to the gateway.
+    "Content-Security-Policy": "default-src 'self'; img-src * data: blob:; media-src * data: blob:; "
+                               "frame-src *; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
+                               "object-src 'none'; base-uri 'none'",
+}
+
+
+def player_router(gateway: "Gateway") -> APIRouter:
+    router = APIRouter(prefix="/player", tags=["player"])
+
+    def file(name: str) -> Response:
+        if name not in PLAYER_FILES:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no player file {name!r}")
+        return Response((PLAYER_DIR / name).read_bytes(), media_type=PLAYER_FILES[name], headers=PLAYER_HEADERS)
+
+    @router.get("/static/{name}", summary="The web player's static files", response_class=Response)
+    async def static(name: str) -> Response:
+        return file(name)
+
+    @router.get("/{screen_id}", summary="The reference web player of a screen (token in the URL fragment: #token=...)",
+                response_class=Response, responses={200: {"content": {"text/html": {}}},
+                                                    404: {"description": "no such screen"}})
+    async def page(screen_id: str) -> Response:
+        if gateway.ads is not None and gateway.ads.screen(screen_id) is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no screen {screen_id!r}")
+        return file("index.html")
+
+    return router
+# ---------------------------------------------------------------- end of issue 6: the web player

@@ -89,8 +89,14 @@ class AdsService:
                  site_id: str, gateway_id: str, scorer: ScorerHolder | None = None, *,
                  keep_plays: float = 30 * 86400.0, plan_window: float = 7200.0,
                  report_delay: float = REPORT_DELAY, clock: Callable[[], datetime] | None = None,
-                 audience: Callable[[str], Any] | None = None):
+                 audience: Callable[[str], Any] | None = None, media: Any = None):
         self.bus = bus
+        # Issue 6 (media): a gateway.ads.media.MediaCache, or None. After each plan it is told the
+        # creatives the plans (and the door screens' interrupts) need; a file it stores puts a
+        # `local_url` in the playlists that play it.
+        self.media = media
+        if media is not None:
+            media.on_cached = self._media_cached
         # screen id -> its camera's AudienceMeter (gateway.ads.audience), or None: the audience a
         # play had is measured on the gateway and attached to the player's record.
         self.audience = audience
@@ -228,6 +234,56 @@ class AdsService:
                 if old is None or new.etag != old.etag:
                     self._notify(runtime, "playlist", {"version": new.doc["version"], "etag": new.etag,
                                                        "valid_until": new.doc["valid_until"]})
+            self._ensure_media()  # issue 6 (media)
+
+    # ---------------------------------------------------------------- media (issue 6, media)
+
+    def _needed_creatives(self) -> list[Creative]:
+        """The creatives of the current plans, and those of the triggered campaigns of door screens."""
+        catalog = self.catalog
+        ids: set[str] = set()
+        for runtime in self._screens.values():
+            if runtime.plan is not None:
+                ids.update(it[2] for it in runtime.plan.items)
+            if runtime.screen.door is not None:
+                for campaign in catalog.campaigns.values():
+                    if campaign.trigger is not None and campaign.targets(runtime.screen):
+                        ids.update(campaign.creatives)
+        return [catalog.creatives[i] for i in sorted(ids) if i in catalog.creatives]
+
+    def _ensure_media(self) -> None:
+        if self.media is not None:
+            self.media.ensure(self._needed_creatives())
+
+    def _local_url(self, screen_id: str, creative: Creative | None) -> str | None:
+        if self.media is None or creative is None or not creative.sha256 or not self.media.has(creative.sha256):
+            return None
+        return f"/v1/screens/{screen_id}/media/{creative.sha256}"
+
+    async def _media_cached(self, sha256: str) -> None:
+        """A file was stored: the playlists that play it get its local_url (same items, new ETag)."""
+        async with self._plan_lock:
+            catalog = self.catalog
+            for runtime in self._screens.values():
+                old = runtime.plan
+                if old is None or not any(getattr(catalog.creatives.get(it[2]), "sha256", None) == sha256
+                                          for it in old.items):
+                    continue
+                new = self._document(runtime.screen, catalog, old.items)
+                runtime.plan = new
+                if new.etag != old.etag:
+                    self._notify(runtime, "playlist", {"version": new.doc["version"], "etag": new.etag,
+                                                       "valid_until": new.doc["valid_until"]})
+
+    def media_file(self, sha256: str) -> tuple[Any, str] | None:
+        """(the cached file, its Content-Type) of a creative's sha256; None when not cached (yet)."""
+        if self.media is None:
+            return None
+        creative = next((c for c in self.catalog.creatives.values() if c.sha256 == sha256), None)
+        if creative is None:
+            return None
+        path = self.media.path(sha256)
+        return (path, _media_type(creative)) if path is not None else None
 
     def _compute(self, screen: Screen, old: _ScreenPlan | None, catalog: AdsCatalog, now_ms: int,
                  reset: bool) -> _ScreenPlan:
@@ -268,6 +324,9 @@ class AdsService:
                                      "duration": (e - s) / 1000, "start": from_ms(s), "end": from_ms(e)}
             if creative is not None and creative.sha256:
                 entry["sha256"] = creative.sha256
+                local_url = self._local_url(screen.id, creative)  # issue 6 (media)
+                if local_url is not None:
+                    entry["local_url"] = local_url
             if creative is not None and creative.text:
                 entry["text"] = creative.text
             out.append(entry)
@@ -314,9 +373,9 @@ class AdsService:
                 continue
             runtime.interrupts.append(item)
             self.counts["interrupts"] += 1
-            self._notify(runtime, "interrupt", self._interrupt_message(item, door))
+            self._notify(runtime, "interrupt", self._interrupt_message(item, door, runtime.screen.id))
 
-    def _interrupt_message(self, item: PlanItem, door: str) -> dict[str, Any]:
+    def _interrupt_message(self, item: PlanItem, door: str, screen_id: str | None = None) -> dict[str, Any]:
         creative = self.catalog.creatives.get(item.creative_id)
         message = {"creative_id": item.creative_id, "campaign_id": item.campaign_id,
                    "type": creative.type if creative else None,
@@ -325,6 +384,9 @@ class AdsService:
                    "door": door, "at": utc_timestamp(item.start)}
         if creative is not None and creative.sha256:
             message["sha256"] = creative.sha256
+            local_url = self._local_url(screen_id, creative) if screen_id is not None else None
+            if local_url is not None:  # issue 6 (media)
+                message["local_url"] = local_url
         if creative is not None and creative.text:
             message["text"] = creative.text
         return message
@@ -443,7 +505,21 @@ class AdsService:
                          "listeners": len(r.listeners)} for r in self._screens.values()],
             "plays_pending": self._pending,
             **self.counts,
+            "media": self.media.status() if self.media is not None else None,  # issue 6 (media)
         }
+
+
+_MEDIA_TYPES = {"image": "image/jpeg", "video": "video/mp4"}  # issue 6 (media): when the URL does not say
+
+
+def _media_type(creative: Creative) -> str:
+    """The Content-Type of a creative's file: guessed from its URL's path, else from its type."""
+    import mimetypes
+    from urllib.parse import urlsplit
+    guessed, _ = mimetypes.guess_type(urlsplit(creative.media_url or "").path)
+    if guessed is not None:
+        return guessed
+    return _MEDIA_TYPES.get(creative.type, "application/octet-stream")
 
 
 def _ms_of(text: str) -> int:
