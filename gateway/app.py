@@ -25,6 +25,8 @@ from .access.store import AccessStore
 from .ads.plays import PlaysStore
 from .ads.audience import AudienceService
 from .ads.media import MediaCache
+from .ads.model_downlink import load_scorer, model_command
+from .ads.scorer import ScorerHolder
 from .ads.service import AdsService
 from .ads.signs import SignPlayer
 from .ads.store import AdsStore
@@ -85,6 +87,7 @@ class Gateway:
         self.ads: AdsService | None = None
         self.audience: AudienceService | None = None
         self._sign_players: list[asyncio.Task] = []
+        self._scorer_path = config.storage.path.parent / "ad_scorer.onnx"
         self.api_server: _EmbeddedServer | None = None
         self.api_port: int | None = None
         self._stop: asyncio.Event | None = None
@@ -133,12 +136,15 @@ class Gateway:
         ads_store = await asyncio.to_thread(AdsStore, self.config.ads_store_path, self.config.storage.synchronous)
         plays_store = await asyncio.to_thread(PlaysStore, self.config.plays_store_path, self.config.storage.synchronous)
         self.audience = AudienceService(self.frames, models_dir(self.config.models.dir), self.config.models.threads)
+        # The ad scorer: the one last sent by `ads.model`, else the one shipped; the holder exists
+        # even without a model, so that a model sent later can be swapped in.
+        self._scorer = await asyncio.to_thread(load_scorer, self._scorer_path) or ScorerHolder()
         # Issue 6 (media): the creatives' files, fetched, checked and served to the players.
         media = MediaCache(self.config.ads_media_dir, self.config.ads.media_max_bytes,
                            max_file_bytes=self.config.ads.media_max_file_bytes)
         await media.start()
         self.ads = AdsService(self.bus, ads_store, plays_store, self.config.screens, self.config.timezone,
-                              self.config.site_id, self.config.gateway_id, scorer=await asyncio.to_thread(_ad_scorer),
+                              self.config.site_id, self.config.gateway_id, scorer=self._scorer,
                               keep_plays=self.config.ads.keep_plays, plan_window=self.config.ads.plan_window,
                               audience=self.audience.meter, media=media)
         await self.ads.start()
@@ -148,6 +154,7 @@ class Gateway:
         self._background.append(asyncio.create_task(self.ads.run(), name="ads"))
         self.commands.register("ads.sync", self.ads.sync_command)
         self.commands.register("ads.resend", self.ads.resend_command)
+        self.commands.register("ads.model", lambda args: model_command(self._scorer, self._scorer_path, args))
         self.uplink = Uplink(self.config.uplink, site_id=self.config.site_id, gateway_id=self.config.gateway_id,
                              outbox=self.outbox, status=self._status_summary, commands=self.commands.dispatch)
         self.uplink.start()
@@ -381,19 +388,6 @@ class Gateway:
         self._start_sign_players()
         log.info("config reloaded: %s; restart required for: %s", changes, restart_required or "nothing")
         return {"devices": changes, "restart_required": restart_required}
-
-
-def _ad_scorer():
-    """The ad scorer shipped in the repository, for the planner's chooser; None (share of voice) if unusable."""
-    from .ads.scorer import SHIPPED_MODEL, ScorerHolder, load_shipped
-
-    if not SHIPPED_MODEL.exists():
-        return None
-    try:
-        return ScorerHolder(load_shipped())
-    except Exception as exc:
-        log.warning("ad scorer not loaded (%s): screens rotate by share of voice", exc)
-        return None
 
 
 def _screen_cameras(config: SiteConfigBase) -> dict[str, str]:

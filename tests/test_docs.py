@@ -539,7 +539,7 @@ def test_command_schema_matches_parse_command(asyncapi: dict):
         with pytest.raises(ValueError):
             parse_command(json.dumps(bad).encode())
     assert asyncapi["components"]["parameters"]["command"]["enum"] == [
-        "access.sync", "ads.resend", "ads.sync", "faces.delete", "faces.enroll", "ping", "points.sync", "reload-config"]
+        "access.sync", "ads.model", "ads.resend", "ads.sync", "faces.delete", "faces.enroll", "ping", "points.sync", "reload-config"]
 
 
 def test_real_status_payloads_validate(tmp_path: Path):
