@@ -171,8 +171,8 @@ def _media_server(sync_body: dict) -> tuple[dict, object]:
     before the measurement, as on a site, instead of retrying unreachable URLs during it."""
     import copy
     import hashlib
-    import http.server
-    import threading
+
+    from simulator.files import FileServer
 
     body = copy.deepcopy(sync_body)
     files: dict[str, bytes] = {}
@@ -182,22 +182,10 @@ def _media_server(sync_body: dict) -> tuple[dict, object]:
             files[f"/ads/{n:04d}.bin"] = data
             creative["sha256"] = hashlib.sha256(data).hexdigest()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's naming)
-            data = files.get(self.path)
-            self.send_response(200 if data is not None else 404)
-            self.send_header("Content-Length", str(len(data or b"")))
-            self.end_headers()
-            self.wfile.write(data or b"")
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = FileServer(files).start()
     for n, creative in enumerate(body["creatives"]):
         if creative.get("media_url"):
-            creative["media_url"] = f"http://127.0.0.1:{server.server_address[1]}/ads/{n:04d}.bin"
+            creative["media_url"] = f"{server.url}/ads/{n:04d}.bin"
     return body, server
 
 
@@ -247,7 +235,7 @@ def phase_playlists(screens: list[Screen], sync_body: dict, seconds: int, connec
             rps, p99 = _wrk(url, {**auth, "If-None-Match": etag}, seconds, connections)
         finally:
             running.stop()
-            media.shutdown()
+            media.stop()
     verdict = "ok" if rps >= TARGET_PLAYLIST_RPS and p99 <= TARGET_PLAYLIST_P99_MS else "MISSED"
     print(f"(b) serving playlists (one uvicorn worker; wrk 1 thread, {connections} connections, {seconds} s each; "
           f"playlist of {len(first.json()['items'])} items, {len(first.content)} bytes)")

@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import httpx
@@ -19,6 +17,7 @@ import yaml
 from gateway.ads.media import MediaCache
 from gateway.config import parse_config
 from simulator.brokers import free_port
+from simulator.files import FileServer
 from simulator.process import RunningGateway
 
 TOKEN = "site-token-0123456789abcdef"
@@ -26,49 +25,11 @@ LOBBY = "lobby-token-0123456789abcdef"
 GATE = "gate-token-0123456789abcdef"
 
 
-class MediaServer:
-    """http.server in a thread: path -> bytes; counts the requests per path."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.hits: dict[str, int] = {}
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.hits[self.path] = server.hits.get(self.path, 0) + 1
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def put(self, name: str, body: bytes) -> str:
-        self.files[f"/{name}"] = body
-        return f"{self.base}/{name}"
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server():
-    s = MediaServer()
-    yield s
-    s.stop()
+    """The CDN: path -> bytes, counting the requests per path."""
+    with FileServer() as files:
+        yield files
 
 
 def sha(body: bytes) -> str:
@@ -149,7 +110,7 @@ def test_a_sha256_mismatch_is_never_stored_and_is_retried(tmp_path, server):
 def test_http_errors_and_files_too_large_are_failures(tmp_path, server):
     big = os.urandom(5000)
     big_url = server.put("big.mp4", big)
-    missing = f"{server.base}/missing.mp4"
+    missing = f"{server.url}/missing.mp4"
 
     async def main():
         cache = MediaCache(tmp_path / "media", 10_000_000, max_file_bytes=4096, retry_min=60)
@@ -273,7 +234,7 @@ def test_the_gateway_serves_the_media_of_the_playlist(tmp_path, server):
                 time.sleep(0.05)
             urls = {i["creative_id"]: i["local_url"] for i in media_items}
             assert urls["latte"] == f"/v1/screens/lobby/media/{sha(video)}"
-            assert media_items[0]["media_url"].startswith(server.base)  # still there for the fallback
+            assert media_items[0]["media_url"].startswith(server.url)  # still there for the fallback
 
             response = client.get(urls["latte"], headers=bearer(LOBBY))
             assert response.status_code == 200 and response.content == video

@@ -5,36 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.server
-import threading
 
 import pytest
 
 from gateway.ads.model_downlink import load_scorer, model_command
 from gateway.ads.scorer import SHIPPED_MODEL, ScorerHolder
 from gateway.commands import CommandError
+from simulator.files import FileServer
 
 
 @pytest.fixture
 def files():
     """A local HTTP server of {path: bytes}."""
-    served: dict[str, bytes] = {}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            data = served.get(self.path)
-            self.send_response(200 if data is not None else 404)
-            self.send_header("Content-Length", str(len(data or b"")))
-            self.end_headers()
-            self.wfile.write(data or b"")
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with FileServer() as server:
+        yield server.files, server.url
 
 
 def test_a_model_sent_by_downlink_is_swapped_in_and_kept(tmp_path, files):

@@ -16,10 +16,8 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
 import httpx
@@ -28,6 +26,7 @@ import pytest
 
 from gateway.events import Event
 from simulator.brokers import free_port
+from simulator.files import FileServer
 from test_api import RunningGateway
 from test_screen_api import GATE, LOBBY, site_config
 
@@ -69,24 +68,9 @@ def media():
     """A tiny HTTP server for the creatives' media (the platform's CDN stand-in)."""
     files = {"/red.png": png(RED), "/blue.png": png(BLUE)}
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = files.get(self.path)
-            self.send_response(200 if body else 404)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(body or b"")))
-            self.end_headers()
-            self.wfile.write(body or b"")
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield {path: (f"http://127.0.0.1:{server.server_port}{path}", hashlib.sha256(body).hexdigest())
-           for path, body in files.items()}
-    server.shutdown()
+    server = FileServer(files).start()
+    yield {path: (f"{server.url}{path}", hashlib.sha256(body).hexdigest()) for path, body in files.items()}
+    server.stop()
 
 
 def catalog(media) -> dict:
