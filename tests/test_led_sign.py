@@ -8,11 +8,8 @@ packets with the same decoder a test can check by hand.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
-import threading
 import time
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -31,8 +28,8 @@ from drivers.led_sign import (
     sanitise_text,
 )
 from simulator.led_sign import VirtualLedSign
+from support import FakeContext, Running, until
 
-WAIT = 10.0
 
 
 # ------------------------------------------------------------------------------ encoder / decoder
@@ -152,86 +149,6 @@ def test_settings_defaults_and_validation():
 
 
 # ------------------------------------------------------------------------------ the driver
-
-
-class FakeContext:
-    """What a driver needs of the supervisor; records its status (thread-safe)."""
-
-    def __init__(self, device_id: str):
-        self.device_id = device_id
-        self.log = logging.getLogger(f"test.{device_id}")
-        self.status: list[tuple[bool, str | None]] = []
-        self._lock = threading.Lock()
-
-    def emit(self, type: str, data: dict[str, Any], *, ts: str | None = None, internal: bool = False):
-        raise AssertionError("a sign emits nothing")
-
-    def set_online(self) -> None:
-        with self._lock:
-            if not self.status or self.status[-1] != (True, None):
-                self.status.append((True, None))
-
-    def set_offline(self, reason: str) -> None:
-        with self._lock:
-            self.status.append((False, reason))
-
-    def last_activity(self) -> float | None:
-        return None
-
-    def offer_frames(self, source: Any | None) -> None:
-        pass
-
-    @property
-    def online(self) -> bool:
-        with self._lock:
-            return bool(self.status) and self.status[-1][0]
-
-    @property
-    def last_reason(self) -> str | None:
-        with self._lock:
-            return self.status[-1][1] if self.status else None
-
-
-def until(predicate, timeout: float = WAIT, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not met within {timeout}s")
-        time.sleep(0.02)
-
-
-class Running:
-    """A driver's `run` on an event loop in a background thread; `call` runs a function on that loop."""
-
-    def __init__(self, driver):
-        self.driver = driver
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.future = None
-
-    def __enter__(self):
-        self.thread.start()
-        self.future = asyncio.run_coroutine_threadsafe(self.driver.run(), self.loop)
-        return self
-
-    def call(self, func, *args):
-        async def on_loop():
-            return func(*args)
-        return asyncio.run_coroutine_threadsafe(on_loop(), self.loop).result(5)
-
-    @property
-    def alive(self) -> bool:
-        return not self.future.done()
-
-    def __exit__(self, *exc):
-        self.future.cancel()
-        deadline = time.monotonic() + 10
-        while not self.future.done() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.05)  # let the cancelled task finish its cleanup on the loop
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ Rules it keeps:
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Literal, Self
@@ -35,6 +34,7 @@ from typing import Literal, Self
 import sqlite_utils
 from pydantic import ValidationError, model_validator
 
+from ..sqlite import open_database
 from ..validation import StrictModel
 from ..versioned_sync import MAX_ERRORS_SHOWN, VersionedSync, VersionedSyncError, check_order, describe
 from .rules import AccessPolicy, AntiPassback, Credential, DoorRule, PassageState, Person
@@ -118,14 +118,8 @@ def apply_to_policy(sync: AccessSync, policy: AccessPolicy) -> AccessPolicy:
 
 class AccessStore:
     def __init__(self, path: str | Path, synchronous: str = "full"):
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ValueError(f"synchronous must be off, normal, full or extra, got {synchronous!r}")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn = open_database(self.path, synchronous)
         self._db = sqlite_utils.Database(conn)
         self._conn = conn
         self._lock = threading.Lock()  # apply_sync may run in a worker thread, load_policy in another

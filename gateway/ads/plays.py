@@ -28,7 +28,6 @@ the service (`AdsService.aggregate`) decides when an hour is complete and publis
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import uuid
 from collections.abc import Iterable
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..events import utc_timestamp
+from ..sqlite import open_database
 
 HOUR_MS = 3_600_000
 PLAYED_NAMESPACE = uuid.UUID("3b0c8a7e-5f1d-4c52-9d7e-2a1f6b9e4c31")  # ad.played event ids (uuid5)
@@ -121,14 +121,8 @@ class PlaysStore:
     """`plays.db`: proof-of-play records, the groups not yet reported and what was reported."""
 
     def __init__(self, path: str | Path, synchronous: str = "full"):
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ValueError(f"synchronous must be off, normal, full or extra, got {synchronous!r}")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn = open_database(self.path, synchronous)
         conn.executescript(_SCHEMA)
         self._conn = conn
         self._lock = threading.Lock()

@@ -21,13 +21,13 @@ campaign naming an unknown creative, or removing a creative a campaign still pla
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Self
 
 from pydantic import ValidationError
 
+from ..sqlite import open_database
 from ..versioned_sync import MAX_ERRORS_SHOWN, VersionedSyncError, check_order, describe
 from .model import AdsCatalog, AdsSync, Campaign, Creative
 
@@ -58,14 +58,8 @@ CREATE TABLE IF NOT EXISTS ads_default_loop (position INTEGER PRIMARY KEY, creat
 
 class AdsStore:
     def __init__(self, path: str | Path, synchronous: str = "full"):
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ValueError(f"synchronous must be off, normal, full or extra, got {synchronous!r}")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn = open_database(self.path, synchronous)
         conn.executescript(_SCHEMA)
         self._conn = conn
         self._lock = threading.Lock()

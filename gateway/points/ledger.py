@@ -43,6 +43,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from ..commands import CommandError
 from ..events import utc_timestamp
+from ..sqlite import open_database
 from ..validation import StrictModel
 
 log = logging.getLogger("gateway.points")
@@ -153,14 +154,8 @@ def parse_points_sync(message: object) -> PointsSync:
 
 class PointsLedger:
     def __init__(self, path: str | Path, synchronous: str = "full"):
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ValueError(f"synchronous must be off, normal, full or extra, got {synchronous!r}")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn = open_database(self.path, synchronous)
         self._conn = conn
         self._lock = threading.Lock()  # writes: one transaction at a time
         self._create_schema(conn)

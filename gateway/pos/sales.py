@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -34,6 +33,7 @@ from typing import Any
 
 from ..bus import EventBus
 from ..events import Event, utc_timestamp
+from ..sqlite import open_database
 from .fields import BUILTIN_TEMPLATES, ParsedReceipt, ReceiptTemplate, extract
 
 log = logging.getLogger("gateway.sales")
@@ -48,10 +48,7 @@ class SalesStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn = open_database(self.path)
         self._conn.execute("CREATE TABLE IF NOT EXISTS sales_seen (key TEXT PRIMARY KEY, at TEXT NOT NULL)")
         self._conn.execute("CREATE TABLE IF NOT EXISTS unparsed_receipts (sha256 TEXT NOT NULL, till TEXT NOT NULL, "
                            "store TEXT NOT NULL, text TEXT NOT NULL, at TEXT NOT NULL, "
