@@ -44,6 +44,7 @@ from simulator.face_terminals import (
     VirtualZktecoTerminal,
     face_jpeg,
 )
+import support
 
 TERMINAL_HOST = "127.0.0.2"
 OTHER_HOST = "127.0.0.3"
@@ -73,38 +74,14 @@ needs_loopback_aliases = pytest.mark.skipif(not _loopback_alias_works(), reason=
 # ------------------------------------------------------------------------------ fake context
 
 
-class FakeContext:
-    """What a driver needs of the supervisor; records what it emits and its status."""
-
-    def __init__(self, device_id: str):
-        self.device_id = device_id
-        self.log = logging.getLogger(f"test.{device_id}")
-        self.events: list[Event] = []
-        self.status: list[tuple[bool, str | None]] = []
-
-    def emit(self, type: str, data: dict[str, Any], *, ts: str | None = None, internal: bool = False) -> Event:
-        event = Event(type, self.device_id, data, internal=internal)
-        self.events.append(event)
-        return event
-
-    def set_online(self) -> None:
-        if not self.status or self.status[-1] != (True, None):
-            self.status.append((True, None))
-
-    def set_offline(self, reason: str) -> None:
-        self.status.append((False, reason))
-
-    def last_activity(self) -> float | None:
-        return None
-
-    def offer_frames(self, source: Any | None) -> None:
-        pass
+class FakeContext(support.FakeContext):
+    """The shared fake supervisor context, with the terminal events at hand."""
 
     def identified(self) -> list[Event]:
-        return [e for e in self.events if e.type == "access.identified"]
+        return self.of_type("access.identified")
 
     def reader_status(self) -> list[dict]:
-        return [e.data for e in self.events if e.type == "access.reader_status"]
+        return [e.data for e in self.of_type("access.reader_status")]
 
 
 async def _until(predicate, timeout: float = WAIT) -> None:
