@@ -28,7 +28,7 @@ from drivers.led_sign import (
     sanitise_text,
 )
 from simulator.led_sign import VirtualLedSign
-from support import FakeContext, Running, until
+from support import DRIVER_WAIT, FakeContext, Running, until
 
 
 
@@ -288,6 +288,7 @@ def test_a_sign_screen_in_the_gateway_shows_its_campaign_text(tmp_path, sign):
 
     import yaml
 
+    from gateway.ads.model import WELCOME
     from gateway.config import parse_config
     from simulator.brokers import free_port
     from simulator.process import RunningGateway
@@ -307,8 +308,10 @@ def test_a_sign_screen_in_the_gateway_shows_its_campaign_text(tmp_path, sign):
                                "text": "Welcome to MixC - {weekday}"}],
                 "campaigns": [{"campaign_id": "hello", "creatives": ["welcome"], "screens": ["lobby-sign"]}]}
         asyncio.run_coroutine_threadsafe(running.gateway.ads.sync_command(sync), running.gateway._loop).result(30)
+        # A re-plan keeps the item playing now to its end (the built-in Welcome, 10 s), then the
+        # campaign's text follows.
         until(lambda: sign.current is not None and sign.current[0].startswith("Welcome to MixC - "),
-              what="the campaign's text on the sign")
+              timeout=WELCOME.duration + DRIVER_WAIT, what="the campaign's text on the sign")
     finally:
         running.stop()
     assert sign.current[0][-3:] in ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
