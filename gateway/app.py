@@ -146,7 +146,9 @@ class Gateway:
         self.ads = AdsService(self.bus, ads_store, plays_store, self.config.screens, self.config.timezone,
                               self.config.site_id, self.config.gateway_id, scorer=self._scorer,
                               keep_plays=self.config.ads.keep_plays, plan_window=self.config.ads.plan_window,
-                              audience=self.audience.meter, media=media)
+                              audience=self.audience.meter, media=media,
+                              member_tier=self.points.ledger.synced_tier if self.points is not None else None,
+                              report_partial=self.config.ads.report_partial)
         await self.ads.start()
         await asyncio.to_thread(self.audience.apply, _screen_cameras(self.config))
         self._start_sign_players()
@@ -382,7 +384,8 @@ class Gateway:
             if self.ads.media is not None:  # issue 6 (media): the sizes apply at once
                 self.ads.media.max_bytes = int(new.ads.media_max_bytes)
                 self.ads.media.max_file_bytes = int(new.ads.media_max_file_bytes)
-            await self.ads.reconfigure(new.screens, new.timezone, new.ads.keep_plays, new.ads.plan_window)
+            await self.ads.reconfigure(new.screens, new.timezone, new.ads.keep_plays, new.ads.plan_window,
+                                       new.ads.report_partial or 0)
         if self.audience is not None:
             await asyncio.to_thread(self.audience.apply, _screen_cameras(new))
         self._start_sign_players()

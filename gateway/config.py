@@ -219,6 +219,9 @@ class AdsConfig(StrictModel):
                                      "plays.db beside storage.path")
     keep_plays: Duration = Field(30 * 86400.0, gt=3600, description="how long proof-of-play records are kept "
                                  "(and how late a backfilled play is still accepted)")
+    report_partial: Duration | None = Field(900.0, ge=5, description="how often the totals of the hour in "
+                                            "progress are reported (ad.played with final false); null: only "
+                                            "complete hours")
     plan_window: Duration = Field(7200.0, ge=600, le=86400, description="how far ahead a screen's playlist "
                                   "reaches; re-planned when less than half of it is left")
     # Issue 6 (media): the screens' media cache.

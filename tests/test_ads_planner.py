@@ -339,6 +339,36 @@ def test_interrupt_picks_a_triggered_spot_and_honours_its_cap():
     assert "welcome" not in seconds_by_campaign(plan(ads, gate, at, 2, SHANGHAI))  # never in the loop
 
 
+def test_an_interrupt_for_a_members_tier_wins_over_an_untargeted_one_of_the_same_priority():
+    gate = Screen(id="gate-1", groups=["gate"])
+    at = datetime(2026, 3, 2, 10, tzinfo=SHANGHAI)
+    spots = [{"campaign_id": "any", "creatives": ["a1"], "trigger": "door_opened", "priority": 3},
+             {"campaign_id": "gold", "creatives": ["g1"], "trigger": "door_opened", "priority": 3,
+              "targeting": {"member_tiers": ["gold"]}}]
+    ads = catalog(spots)
+    gold = interrupt(ads, gate, "door_opened", at, SHANGHAI, context=Context(member_tiers=frozenset({"gold"})))
+    assert gold.campaign_id == "gold"
+    standard = Context(member_tiers=frozenset({"standard"}))
+    assert interrupt(ads, gate, "door_opened", at, SHANGHAI, context=standard).campaign_id == "any"
+    assert interrupt(ads, gate, "door_opened", at, SHANGHAI, context=Context()).campaign_id == "any"
+    assert interrupt(ads, gate, "door_opened", at, SHANGHAI).campaign_id == "any"
+    # The more specific spot wins before fairness: gold played a minute ago, the untargeted one never
+    # (so the stable tie-break is not what decides).
+    first = interrupt(ads, gate, "door_opened", at, SHANGHAI, context=Context(member_tiers=frozenset({"gold"})))
+    again = interrupt(ads, gate, "door_opened", at + timedelta(minutes=1), SHANGHAI, recent=[first],
+                      context=Context(member_tiers=frozenset({"gold"})))
+    assert again.campaign_id == "gold"
+    # A crowd-targeted spot matching the context wins the same way.
+    crowd = catalog([spots[0], {"campaign_id": "busy", "creatives": ["b1"], "trigger": "door_opened",
+                                "priority": 3, "targeting": {"crowd": "high"}}])
+    assert interrupt(crowd, gate, "door_opened", at, SHANGHAI, context=Context(crowd="high")).campaign_id == "busy"
+    assert interrupt(crowd, gate, "door_opened", at, SHANGHAI, context=Context(crowd="low")).campaign_id == "any"
+    # Specificity never beats priority: a targeted spot of a lower priority waits.
+    ads = catalog([{**spots[0], "priority": 5}, spots[1]])
+    chosen = interrupt(ads, gate, "door_opened", at, SHANGHAI, context=Context(member_tiers=frozenset({"gold"})))
+    assert chosen.campaign_id == "any"
+
+
 def test_times_must_be_aware():
     ads = catalog([{"campaign_id": "a", "creatives": ["a1"]}])
     with pytest.raises(ValueError):

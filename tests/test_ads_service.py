@@ -11,9 +11,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from gateway.ads.audience import AudienceNow
 from gateway.ads.model import Screen
 from gateway.ads.plays import PlayRecord, PlaysStore, to_ms
-from gateway.ads.service import AdsService
+from gateway.ads.scorer import ScreenState
+from gateway.ads.service import CROWD_HIGH_FROM, CROWD_LOW_BELOW, LIVE_HORIZON_S, AdsService, _crowd
 from gateway.ads.store import AdsStore, AdsSyncError
 from gateway.bus import EventBus
 from gateway.commands import CommandError
@@ -47,10 +49,11 @@ class Clock:
 
 
 class Harness:
-    def __init__(self, tmp_path, clock: Clock, scorer=None, audience=None):
+    def __init__(self, tmp_path, clock: Clock, scorer=None, audience=None, member_tier=None):
         self.tmp_path = tmp_path
         self.clock = clock
         self.audience = audience
+        self.member_tier = member_tier
         self.bus = EventBus()
         self.played: list[Event] = []
         self.scorer = scorer
@@ -63,7 +66,8 @@ class Harness:
         self.plays = PlaysStore(self.tmp_path / "plays.db")
         screens = [Screen(id="lobby", groups=["floor-1"]), Screen(id="gate-1", groups=["gates"], door="staff")]
         self.service = AdsService(self.bus, self.store, self.plays, screens, "Asia/Shanghai", "mall-1", "gw-1",
-                                  self.scorer, clock=self.clock, report_delay=300, audience=self.audience)
+                                  self.scorer, clock=self.clock, report_delay=300, audience=self.audience,
+                                  member_tier=self.member_tier)
         await self.service.start()
         self.bus.subscribe("ads", self.service.on_door_opened, ["door.opened"])
         return self
@@ -270,7 +274,7 @@ def test_hourly_aggregation_late_revision_and_resend(tmp_path):
             assert c1.type == "ad.played" and c1.device_id == "lobby" and c1.stream == "ad" and not c1.internal
             assert c1.data == {"screen": "lobby", "creative_id": "c1", "campaign_id": "k1",
                                "hour": "2026-11-22T10:00:00Z", "plays": 3, "seconds": 30.0, "impressions": 4,
-                               "attention_s": 6.5, "revision": 0}
+                               "attention_s": 6.5, "revision": 0, "final": True}
             assert by_key[("c2", "k2")].data["seconds"] == 15.0 and by_key[("c2", "k2")].data["impressions"] is None
             assert by_key[("w", None)].data["plays"] == 1
             for seq, event in enumerate(h.played, 1):  # the documented schema holds for real events
@@ -306,6 +310,61 @@ def test_hourly_aggregation_late_revision_and_resend(tmp_path):
                     await ads.resend_command(bad)
 
     run(main())
+
+
+def test_interim_reports_of_the_hour_in_progress_then_the_final_one(tmp_path):
+    """`aggregate(interim=True)` reports the hour in progress (final false, the totals so far); a
+    group with nothing new since is reported again as final once its hour is over; the platform's
+    rule (keep the highest revision) ends with the complete totals."""
+    async def main():
+        clock = Clock(T0 + timedelta(minutes=20))
+        async with Harness(tmp_path, clock) as h:
+            ads = h.service
+            await ads.add_plays("lobby", [play(T0 + timedelta(minutes=1), 10), play(T0 + timedelta(minutes=2), 10)])
+            assert await ads.aggregate() == 0  # not over: nothing without interim
+            assert await ads.aggregate(interim=True) == 1
+            await h.settle()
+            first = h.played[-1].data
+            assert (first["final"], first["revision"], first["plays"]) == (False, 0, 2)
+            assert await ads.aggregate(interim=True) == 0  # nothing new since
+
+            clock.now = T0 + timedelta(minutes=40)
+            await ads.add_plays("lobby", [play(T0 + timedelta(minutes=30), 10), play(T0 + timedelta(minutes=31), 10,
+                                                                                   "c2", "k2")])
+            assert await ads.aggregate(interim=True) == 2
+            await h.settle()
+            second = {e.data["creative_id"]: e.data for e in h.played[-2:]}
+            assert (second["c1"]["revision"], second["c1"]["plays"], second["c1"]["final"]) == (1, 3, False)
+            assert (second["c2"]["revision"], second["c2"]["final"]) == (0, False)
+
+            clock.now = T0 + timedelta(hours=1, minutes=2)  # over, within the report delay: still interim
+            assert await ads.aggregate() == 0
+            clock.now = T0 + timedelta(hours=1, minutes=5)
+            assert await ads.aggregate() == 2  # both final, though neither received plays since
+            await h.settle()
+            final = {e.data["creative_id"]: e.data for e in h.played[-2:]}
+            assert (final["c1"]["revision"], final["c1"]["plays"], final["c1"]["final"]) == (2, 3, True)
+            assert (final["c2"]["revision"], final["c2"]["plays"], final["c2"]["final"]) == (1, 1, True)
+            assert await ads.aggregate(interim=True) == 0  # all said
+            assert len({e.event_id for e in h.played}) == len(h.played)
+            for seq, event in enumerate(h.played, 1):
+                assert_valid_event(json.loads(envelope_json(event, site_id="mall-1", gateway_id="gw-1", seq=seq)))
+
+    run(main())
+
+
+def test_a_plays_db_from_before_interim_reports_is_upgraded(tmp_path):
+    path = tmp_path / "plays.db"
+    with sqlite3.connect(path) as db:  # the table as it was: no `final` column
+        db.execute("CREATE TABLE plays_reported (screen TEXT NOT NULL, creative_id TEXT NOT NULL, "
+                   "campaign_id TEXT NOT NULL, hour_ms INTEGER NOT NULL, revision INTEGER NOT NULL, "
+                   "plays INTEGER NOT NULL, seconds REAL NOT NULL, impressions INTEGER, attention_s REAL, "
+                   "reported_ms INTEGER NOT NULL, PRIMARY KEY (screen, creative_id, campaign_id, hour_ms))")
+        db.execute("INSERT INTO plays_reported VALUES ('lobby', 'c1', 'k1', 0, 0, 2, 20.0, NULL, NULL, 5)")
+    with PlaysStore(path) as store:
+        [old] = store.reported()
+        assert old.final and old.plays == 2
+        assert store.due(10**13) == []  # a final report is not made again
 
 
 def test_event_ids_are_deterministic_and_reports_are_resent_after_a_restart(tmp_path):
@@ -374,3 +433,122 @@ def test_the_audience_measured_by_the_screens_camera_is_attached_to_plays(tmp_pa
     # camera saw anything (no frames in its window) stays unmeasured.
     assert rows == [(to_ms(T0), 1, round(measured.attention_s, 3)), (to_ms(T0), 7, 1.0),
                     (to_ms(T0 + timedelta(minutes=1)), None, None)]
+
+
+# ---------------------------------------------------------------------------- live context
+
+
+class FakeMeter:
+    """An audience meter that sees `audience` faces with a mean dwell of `dwell_s` seconds now."""
+
+    def __init__(self, audience: int, dwell_s: float):
+        self.now = AudienceNow(audience, dwell_s)
+        self.calls = 0
+
+    def current(self, now=None):
+        self.calls += 1
+        return self.now
+
+
+def live_snapshot() -> dict:
+    body = snapshot()
+    body["creatives"] += [creative("gold1", 30), creative("busy1", 30)]
+    body["campaigns"] += [{"campaign_id": "gate-gold", "creatives": ["gold1"], "trigger": "door_opened",
+                           "trigger_duration": 4, "screen_groups": ["gates"], "targeting": {"member_tiers": ["gold"]}},
+                          {"campaign_id": "gate-busy", "creatives": ["busy1"], "trigger": "door_opened",
+                           "screen_groups": ["gates"], "targeting": {"crowd": "high"}}]
+    return body
+
+
+def test_door_opened_by_a_gold_member_plays_the_gold_spot(tmp_path):
+    tiers = {"P-gold": "gold", "P-std": "standard"}
+    asked = []
+
+    def member_tier(person):
+        asked.append(person)
+        if person == "P-broken":
+            raise RuntimeError("ledger closed")
+        return tiers.get(person)
+
+    async def main():
+        clock = Clock()
+        async with Harness(tmp_path, clock, member_tier=member_tier) as h:
+            await h.service.sync_command(live_snapshot())
+            gate = h.service.subscribe("gate-1")
+            got = []
+            for person in ("P-gold", None, "P-std", "P-unknown", "P-broken", "P-gold"):
+                clock.now += timedelta(minutes=1)
+                h.bus.publish(Event("door.opened", "osdp-1", {"door": "staff", "person_id": person, "method": "card"},
+                                    internal=True))
+                await h.settle()
+                kind, message = await asyncio.wait_for(gate.get(), 5)
+                assert kind == "interrupt"
+                got.append(message["campaign_id"])
+            # The gold member gets the gold spot (twice: the more specific spot wins over fairness);
+            # nobody, a standard member, a stranger and a failed lookup get the untargeted one. No
+            # camera at the gate: the crowd is unknown, so the crowd-targeted spot never plays.
+            assert got == ["gate-gold", "gate", "gate", "gate", "gate", "gate-gold"]
+            assert asked == ["P-gold", "P-std", "P-unknown", "P-broken", "P-gold"]
+            assert h.service.counts["interrupts"] == 6
+
+    run(main())
+
+
+def test_door_opened_interrupt_gets_the_crowd_of_the_screens_camera(tmp_path):
+    meter = FakeMeter(12, 5.0)
+
+    async def main():
+        clock = Clock()
+        async with Harness(tmp_path, clock, audience=lambda screen: meter if screen == "gate-1" else None) as h:
+            await h.service.sync_command(live_snapshot())
+            gate = h.service.subscribe("gate-1")
+            got = []
+            for faces in (12, 10, 9, 2):  # high from 10 faces; 3..9 medium; below 3 low
+                meter.now = AudienceNow(faces, 5.0)
+                clock.now += timedelta(minutes=1)
+                h.bus.publish(Event("door.opened", "osdp-1", {"door": "staff", "person_id": None, "method": "button"},
+                                    internal=True))
+                await h.settle()
+                got.append((await asyncio.wait_for(gate.get(), 5))[1]["campaign_id"])
+            assert got == ["gate-busy", "gate-busy", "gate", "gate"]
+
+    run(main())
+
+
+def test_the_crowd_levels():
+    assert [_crowd(n) for n in (0, CROWD_LOW_BELOW - 1, CROWD_LOW_BELOW, CROWD_HIGH_FROM - 1, CROWD_HIGH_FROM)] == \
+        ["low", "low", "medium", "medium", "high"]
+
+
+def test_the_scorer_gets_the_live_audience_for_near_spots_only(tmp_path):
+    class RecordingHolder:
+        scorer = object()
+
+        def __init__(self):
+            self.states = []
+
+        def rank(self, moment, screen, candidates):
+            self.states.append((moment, screen))
+            return [0.0] * len(candidates)
+
+    holder = RecordingHolder()
+    meter = FakeMeter(12, 4.5)
+
+    async def main():
+        async with Harness(tmp_path, Clock(), scorer=holder, audience=lambda s: meter if s == "lobby" else None) as h:
+            before = meter.calls
+            holder.states.clear()
+            await h.service.sync_command(snapshot())
+            assert meter.calls - before == 1  # once per plan of the lobby, not per spot
+
+    run(main())
+    horizon = T0 + timedelta(seconds=LIVE_HORIZON_S)
+    lobby = [(m, s) for m, s in holder.states if s.screen_id == "lobby"]
+    near = [s for m, s in lobby if m <= horizon]
+    far = [s for m, s in lobby if m > horizon]
+    assert near and far
+    assert all(s.audience == 12 and s.dwell_s == 4.5 and s.crowd == "high" for s in near)
+    assert all(s == ScreenState("lobby") for s in far)
+    # The gate screen has no camera: the neutral state throughout.
+    gate = [s for m, s in holder.states if s.screen_id == "gate-1"]
+    assert gate and all(s == ScreenState("gate-1") for s in gate)

@@ -88,7 +88,11 @@ def test_demo_mall_values():
     assert config.storage.max_age == 30 * 86400
     assert [d.id for d in config.devices] == ["parking-b2", "parking-b3", "cam-entrance-1", "osdp-staff", "osdp-gate",
                                               "cam-staff-gate", "lounge-terminals", "till-s101", "scanner-s101",
-                                              "till-s205"]
+                                              "till-s205", "sign-lobby"]
+    assert [(s.id, s.door, s.camera, s.sign) for s in config.screens] == [
+        ("atrium-1", None, None, None), ("staff-gate-screen", "staff-face-gate", "cam-staff-gate", None),
+        ("lobby-sign", None, None, "sign-lobby")]
+    assert config.ads.report_partial == 10
     assert config.points.enabled and config.points.campaigns[0].weekdays == ["tue"]
     assert config.faces.enabled and [d.methods for d in config.access.doors] == [
         ["card", "pin", "qr"], ["card", "pin", "face"], ["card", "face"]]

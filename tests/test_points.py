@@ -454,3 +454,12 @@ def test_no_receipt_is_awarded_twice_or_contributes_below_zero(steps):
     # The events tell the same story as the ledger.
     assert sum(e.data["points"] for e in seen if e.type == "points.awarded") \
         - sum(e.data["points"] for e in seen if e.type == "points.reversed") == sum(e.points for e in all_entries)
+
+
+def test_synced_tier_is_none_for_a_member_never_synced(tmp_path):
+    path = tmp_path / "points.db"
+    run(path, [], syncs=[{"members": [{"member_id": "M-1", "balance": 0, "tier": "gold"}], "included_through": 0}])
+    with PointsLedger(path) as ledger:
+        assert ledger.synced_tier("M-1") == "gold" and ledger.tier_of("M-1") == "gold"
+        # tier_of says `standard` for a stranger (they still earn); synced_tier says who is not a member.
+        assert ledger.synced_tier("M-404") is None and ledger.tier_of("M-404") == "standard"

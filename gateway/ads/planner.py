@@ -51,8 +51,11 @@ candidate, None, or an exception: the deterministic choice (lowest vt). Equal sc
 `interrupt(catalog, screen, trigger, at, tz)` picks the spot for a trigger (a gate screen's
 `door_opened`): campaigns with that `trigger`, targeting the screen, in flight and daypart at `at`
 (and matching `context` if live-targeted), whose cap allows a play at `at` given the screen's
-`recent` plays; the highest priority first, then the fewest plays in the last hour per weight, then
-a stable order. It plays for the campaign's `trigger_duration` (default 5 s), its creatives in turn.
+`recent` plays; the highest priority first, then, within a priority, the more specific spot: a
+live-targeted campaign (`member_tiers` / `crowd`) that matches `context` before an untargeted one,
+then the fewest plays in the last hour per weight, then a stable order. (Specificity never beats
+priority: a targeted campaign of a lower priority waits for the higher tier.) It plays for the
+campaign's `trigger_duration` (default 5 s), its creatives in turn.
 """
 
 from __future__ import annotations
@@ -537,7 +540,12 @@ def interrupt(catalog: AdsCatalog, screen: Screen, trigger: str, at: datetime, t
     """The spot to play now that `trigger` fired on `screen`, or None (see the module's docstring).
 
     `recent`: what the screen played in the last hour or more (loop spots and interrupts), so the
-    frequency caps hold; plays of other screens must not be passed."""
+    frequency caps hold; plays of other screens must not be passed. `context`: who is in front of
+    the screen (the recognised member's tier, the crowd); None: live-targeted campaigns never play.
+
+    Order: the highest priority; then, within it, a live-targeted campaign matching `context` before
+    an untargeted one (the more specific spot wins); then the fewest plays in the last hour per
+    weight (fairness); then a stable order."""
     at_ms = _ms(at)
     local = at.astimezone(_zone(tz))
     index = _index(catalog)
@@ -551,15 +559,15 @@ def interrupt(catalog: AdsCatalog, screen: Screen, trigger: str, at: datetime, t
         campaign = compiled.campaign
         if campaign.trigger != trigger or not compiled.open_at(local):
             continue
-        if campaign.targeting is not None and campaign.targeting.live and (
-                context is None or not context.matches(campaign)):
+        specific = campaign.targeting is not None and campaign.targeting.live
+        if specific and (context is None or not context.matches(campaign)):
             continue
         plays = history.get(campaign.campaign_id, [])
         gap = campaign.gap_ms
         if gap and any(at_ms - gap < s <= at_ms for s in plays):
             continue
         last_hour = sum(1 for s in plays if at_ms - HOUR_MS < s <= at_ms)
-        key = (-campaign.priority, last_hour / campaign.weight, _tiebreak(0, campaign.campaign_id))
+        key = (-campaign.priority, not specific, last_hour / campaign.weight, _tiebreak(0, campaign.campaign_id))
         if best_key is None or key < best_key:
             best, best_key = compiled, key
     if best is None:

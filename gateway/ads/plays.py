@@ -9,7 +9,13 @@ Hourly aggregation: the plays of one (screen, creative, campaign, hour) become o
 event once the hour is over (a play counts in the hour of its start, UTC):
 
     {"screen", "creative_id", "campaign_id", "hour": "2026-11-22T07:00:00Z", "plays", "seconds",
-     "impressions", "attention_s", "revision"}
+     "impressions", "attention_s", "revision", "final"}
+
+Interim reports: while an hour is in progress (and until it is reported as complete), the service
+may report its totals so far (`ads.report_partial`, every 15 minutes by default) as an `ad.played`
+with `final: false`; the report made once the hour is over says `final: true`, also for a group
+that received nothing after its last interim report. Interim and final reports are revisions like
+any other: each carries the totals so far, one revision higher than the last.
 
 (`campaign_id` null for the default loop; `impressions` / `attention_s` null when no record of the
 group carried them.) A creative shown for two campaigns in one hour gives two events.
@@ -56,7 +62,7 @@ CREATE TABLE IF NOT EXISTS plays_pending (
 CREATE TABLE IF NOT EXISTS plays_reported (
     screen TEXT NOT NULL, creative_id TEXT NOT NULL, campaign_id TEXT NOT NULL, hour_ms INTEGER NOT NULL,
     revision INTEGER NOT NULL, plays INTEGER NOT NULL, seconds REAL NOT NULL, impressions INTEGER,
-    attention_s REAL, reported_ms INTEGER NOT NULL,
+    attention_s REAL, reported_ms INTEGER NOT NULL, final INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (screen, creative_id, campaign_id, hour_ms));
 CREATE INDEX IF NOT EXISTS plays_reported_at ON plays_reported (reported_ms);
 """
@@ -88,6 +94,7 @@ class Aggregate:
     impressions: int | None
     attention_s: float | None
     revision: int
+    final: bool = True  # False: an interim report of an hour not complete yet
 
     @property
     def hour(self) -> str:
@@ -104,7 +111,7 @@ class Aggregate:
                 "hour": self.hour, "plays": self.plays, "seconds": round(self.seconds, 3),
                 "impressions": self.impressions,
                 "attention_s": None if self.attention_s is None else round(self.attention_s, 3),
-                "revision": self.revision}
+                "revision": self.revision, "final": self.final}
 
 
 def to_ms(moment: datetime) -> int:
@@ -124,6 +131,9 @@ class PlaysStore:
         self.path = Path(path)
         conn = open_database(self.path, synchronous)
         conn.executescript(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(plays_reported)")}
+        if "final" not in columns:  # a plays.db from before interim reports: all its reports were final
+            conn.execute("ALTER TABLE plays_reported ADD COLUMN final INTEGER NOT NULL DEFAULT 1")
         self._conn = conn
         self._lock = threading.Lock()
 
@@ -192,18 +202,30 @@ class PlaysStore:
             "FROM plays WHERE screen = ? AND creative_id = ? AND campaign_id = ? AND hour_ms = ?",
             (screen, creative_id, campaign, hour_ms)).fetchone()
 
-    def due(self, complete_before_ms: int) -> list[Aggregate]:
-        """The changed groups whose hour ended at or before `complete_before_ms`, with their totals and
-        the revision to report them as (0 the first time, else the last reported + 1). Read-only:
-        `mark_reported` records them once they are published."""
+    def due(self, complete_before_ms: int, interim_before_ms: int | None = None) -> list[Aggregate]:
+        """What to report now, with the totals and the revision to report them as (0 the first time,
+        else the last reported + 1). Read-only: `mark_reported` records them once published.
+
+        Final reports: the changed groups whose hour ended at or before `complete_before_ms`, and
+        the groups whose last report was interim and whose hour is now complete. With
+        `interim_before_ms`, also interim reports (`final` False) of the changed groups of the
+        later hours that started before it."""
         out = []
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN")
             try:
-                keys = conn.execute("SELECT screen, creative_id, campaign_id, hour_ms FROM plays_pending "
-                                    "WHERE hour_ms + ? <= ? ORDER BY hour_ms, screen, creative_id, campaign_id",
-                                    (HOUR_MS, complete_before_ms)).fetchall()
+                keys = conn.execute(
+                    "SELECT screen, creative_id, campaign_id, hour_ms FROM plays_pending WHERE hour_ms + ? <= ? "
+                    "UNION SELECT screen, creative_id, campaign_id, hour_ms FROM plays_reported "
+                    "WHERE final = 0 AND hour_ms + ? <= ?",
+                    (HOUR_MS, complete_before_ms, HOUR_MS, complete_before_ms)).fetchall()
+                if interim_before_ms is not None:
+                    keys += conn.execute(
+                        "SELECT screen, creative_id, campaign_id, hour_ms FROM plays_pending "
+                        "WHERE hour_ms + ? > ? AND hour_ms < ?",
+                        (HOUR_MS, complete_before_ms, interim_before_ms)).fetchall()
+                keys.sort(key=lambda k: (k[3], k[0], k[1], k[2]))
                 for screen, creative_id, campaign, hour_ms in keys:
                     plays, seconds, impressions, attention = self._totals(screen, creative_id, campaign, hour_ms)
                     row = conn.execute("SELECT revision FROM plays_reported WHERE screen = ? AND creative_id = ? "
@@ -212,7 +234,8 @@ class PlaysStore:
                     if not plays:  # pruned meanwhile
                         continue
                     out.append(Aggregate(screen, creative_id, campaign or None, hour_ms, plays, seconds, impressions,
-                                         attention, 0 if row is None else row[0] + 1))
+                                         attention, 0 if row is None else row[0] + 1,
+                                         final=hour_ms + HOUR_MS <= complete_before_ms))
             finally:
                 conn.execute("COMMIT")
         return out
@@ -228,9 +251,10 @@ class PlaysStore:
                     campaign = a.campaign_id or ""
                     conn.execute(
                         "INSERT OR REPLACE INTO plays_reported (screen, creative_id, campaign_id, hour_ms, revision, "
-                        "plays, seconds, impressions, attention_s, reported_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "plays, seconds, impressions, attention_s, reported_ms, final) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (a.screen, a.creative_id, campaign, a.hour_ms, a.revision, a.plays, a.seconds,
-                         a.impressions, a.attention_s, now_ms))
+                         a.impressions, a.attention_s, now_ms, int(a.final)))
                     plays = self._totals(a.screen, a.creative_id, campaign, a.hour_ms)[0]
                     if plays == a.plays:
                         conn.execute("DELETE FROM plays_pending WHERE screen = ? AND creative_id = ? AND "
@@ -253,12 +277,13 @@ class PlaysStore:
         if reported_since_ms is not None:
             where.append("reported_ms >= ?")
             params.append(reported_since_ms)
-        sql = ("SELECT screen, creative_id, campaign_id, hour_ms, plays, seconds, impressions, attention_s, revision "
-               "FROM plays_reported" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = ("SELECT screen, creative_id, campaign_id, hour_ms, plays, seconds, impressions, attention_s, revision, "
+               "final FROM plays_reported" + (" WHERE " + " AND ".join(where) if where else "")
                + " ORDER BY hour_ms, screen, creative_id, campaign_id")
         with self._lock:
             rows = self._conn.execute(sql, params).fetchall()
-        return [Aggregate(s, c, k or None, h, p, sec, imp, att, rev) for s, c, k, h, p, sec, imp, att, rev in rows]
+        return [Aggregate(s, c, k or None, h, p, sec, imp, att, rev, bool(fin))
+                for s, c, k, h, p, sec, imp, att, rev, fin in rows]
 
     def prune(self, horizon_ms: int) -> int:
         """Forget the hours that ended at or before horizon_ms: their plays, reports and pending marks

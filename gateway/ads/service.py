@@ -14,16 +14,26 @@
   creative was removed). Each change that alters the content is announced to the screen's SSE
   listeners (`playlist`), so players refetch; a player without SSE polls (with If-None-Match).
 - **Interrupts.** On `door.opened` (internal, from the access service) every screen whose `door`
-  is that door gets `planner.interrupt(..., trigger="door_opened")` (a 3-8 s spot of a triggered
-  campaign, caps counted over this screen's recent interrupts), pushed to its SSE listeners as an
-  `interrupt` message and recorded (per screen, for an hour; counted in `status`).
+  is that door gets `planner.interrupt(..., trigger="door_opened", context=...)` (a 3-8 s spot of a
+  triggered campaign, caps counted over this screen's recent interrupts), pushed to its SSE
+  listeners as an `interrupt` message and recorded (per screen, for an hour; counted in `status`).
+  The context is live: the tier of the person who opened the door (`member_tier(person_id)`, the
+  tier the platform last synced; none for a person who is not a known member, or when the lookup
+  fails) and the screen's crowd from its camera's audience meter (faces now: low below
+  `CROWD_LOW_BELOW`, high from `CROWD_HIGH_FROM`, else medium; unknown without a meter), so a
+  triggered campaign with `targeting.member_tiers` / `crowd` can play, and wins over an untargeted
+  one of the same priority.
 - **Scorer.** With a `ScorerHolder`, the planner's `chooser` asks it to rank the candidates:
   CandidateInfo from the campaign (`category`, else `other`) and creative, with this screen's
-  plays in the last hour before the plan (from the plays store and the previous plan). There is no
-  live audience yet (audience 0, crowd medium).
+  plays in the last hour before the plan (from the plays store and the previous plan). For spots
+  starting within `LIVE_HORIZON_S` (2 min) of the moment the plan is computed, the screen state is
+  the camera's live audience (faces now, their mean dwell, the crowd level as above; read once per
+  plan); later spots, and screens without a meter, get the neutral state (audience 0, crowd medium).
 - **Proof of play.** See `gateway.ads.plays`: records kept `keep_plays`, `ad.played` per
   (screen, creative, campaign, hour) once the hour is over plus `report_delay` (5 min, for players
-  posting a minute late), revised when late plays arrive; `ads.resend {from, to}` sends the
+  posting a minute late), revised when late plays arrive; every `report_partial` seconds (15 min;
+  None: never) the changed groups of the hour in progress are reported with their totals so far
+  (`final` false) and each is reported final once its hour is over; `ads.resend {from, to}` sends the
   reported aggregates of that range again (the same event ids). At start, the reports of the last
   `REEMIT_AFTER_START` seconds are sent again (same ids), covering a crash between the report and
   the outbox's commit.
@@ -49,7 +59,7 @@ from ..bus import EventBus
 from ..commands import CommandError
 from ..events import Event, normalise_timestamp, utc_timestamp
 from .model import WELCOME, AdsCatalog, Creative, Screen
-from .planner import PlanItem, interrupt, plan
+from .planner import Context, PlanItem, interrupt, plan
 from .plays import HOUR_MS, Aggregate, PlayRecord, PlaysStore, from_ms, to_ms
 from .scorer import CandidateInfo, ScorerHolder, ScreenState
 from .store import AdsStore, parse_sync
@@ -60,9 +70,13 @@ TICK = 30.0  # seconds between checks of the plans (extend) and of the hours to 
 AGGREGATE_INTERVAL = 60.0
 PRUNE_INTERVAL = 3600.0
 REPORT_DELAY = 300.0  # seconds after an hour's end before it is reported
+REPORT_PARTIAL = 900.0  # seconds between interim reports of the hour in progress
 REEMIT_AFTER_START = 120.0
 MAX_LISTENER_BACKLOG = 100
 MAX_CLOCK_SKEW_MS = 600_000  # a play may end at most 10 min in the gateway's future
+CROWD_LOW_BELOW = 3  # faces facing a screen: fewer is a `low` crowd
+CROWD_HIGH_FROM = 10  # this many or more is a `high` crowd (in between: `medium`)
+LIVE_HORIZON_S = 120.0  # the scorer gets the live audience for spots starting this soon after planning
 
 
 @dataclass(eq=False)
@@ -89,8 +103,13 @@ class AdsService:
                  site_id: str, gateway_id: str, scorer: ScorerHolder | None = None, *,
                  keep_plays: float = 30 * 86400.0, plan_window: float = 7200.0,
                  report_delay: float = REPORT_DELAY, clock: Callable[[], datetime] | None = None,
-                 audience: Callable[[str], Any] | None = None, media: Any = None):
+                 audience: Callable[[str], Any] | None = None, media: Any = None,
+                 member_tier: Callable[[str], str | None] | None = None,
+                 report_partial: float | None = REPORT_PARTIAL):
         self.bus = bus
+        # member id -> its tier as the platform last synced it, None for a person who is not a known
+        # member (or None: no points here): the live context of door-triggered interrupts.
+        self.member_tier = member_tier
         # Issue 6 (media): a gateway.ads.media.MediaCache, or None. After each plan it is told the
         # creatives the plans (and the door screens' interrupts) need; a file it stores puts a
         # `local_url` in the playlists that play it.
@@ -106,6 +125,7 @@ class AdsService:
         self.gateway_id = gateway_id
         self.scorer = scorer
         self.report_delay = report_delay
+        self.report_partial = report_partial
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.catalog = AdsCatalog()
         self._screens: dict[str, _ScreenRuntime] = {}
@@ -146,20 +166,25 @@ class AdsService:
         """Extend plans running low, report complete hours, prune old plays; until cancelled."""
         loop = asyncio.get_running_loop()
         next_aggregate = next_prune = loop.time()
+        next_interim = loop.time() + (self.report_partial or 0)
         while True:
             try:
                 await self.replan(reset=False)
-                if loop.time() >= next_aggregate or self._wake.is_set():
+                interim = bool(self.report_partial) and loop.time() >= next_interim
+                if loop.time() >= next_aggregate or self._wake.is_set() or interim:
                     self._wake.clear()
-                    await self.aggregate()
+                    await self.aggregate(interim=interim)
                     next_aggregate = loop.time() + AGGREGATE_INTERVAL
+                    if interim:
+                        next_interim = loop.time() + self.report_partial
                 if loop.time() >= next_prune:
                     await self.prune()
                     next_prune = loop.time() + PRUNE_INTERVAL
             except Exception:
                 log.exception("ads housekeeping failed")
+            wait = TICK if not self.report_partial else min(TICK, max(0.05, next_interim - loop.time()))
             try:
-                await asyncio.wait_for(self._wake.wait(), TICK)
+                await asyncio.wait_for(self._wake.wait(), wait)
             except asyncio.TimeoutError:
                 pass
 
@@ -170,8 +195,11 @@ class AdsService:
                 _put(queue, None)
 
     async def reconfigure(self, screens: list[Screen], tz: str, keep_plays: float | None = None,
-                          plan_window: float | None = None) -> None:
-        """A config reload: screens (tokens, doors, default loops), time zone, retention, window."""
+                          plan_window: float | None = None, report_partial: float | None = None) -> None:
+        """A config reload: screens (tokens, doors, default loops), time zone, retention, window,
+        interim reports (`report_partial` None: unchanged; 0: off)."""
+        if report_partial is not None:
+            self.report_partial = report_partial or None
         self._set_config(screens, tz, self.keep_plays if keep_plays is None else keep_plays,
                          self.plan_window if plan_window is None else plan_window)
         await self.replan(reset=True)
@@ -309,7 +337,7 @@ class AdsService:
                 starts.sort()
         planned = plan(catalog, screen, datetime.fromtimestamp(start_ms / 1000, timezone.utc),
                        self.plan_window / 3600.0, self.tz, seed=zlib.crc32(screen.id.encode()),
-                       chooser=self._chooser(history))
+                       chooser=self._chooser(history, self._live_state(screen.id), now_ms))
         ms = planned.starts_ms
         items = kept + [(ms[i], ms[i + 1], c, k) for i, (c, k) in enumerate(planned.pairs)]
         return self._document(screen, catalog, items)
@@ -336,11 +364,38 @@ class AdsService:
         version = f"v{catalog.version}-{digest}"
         return _ScreenPlan(items, {"version": version, **body}, f'"{version}"')
 
-    def _chooser(self, history: dict[str, list[int]]):
-        """The planner's chooser: the scorer's ranking (None without a loaded model)."""
+    def _live_state(self, screen_id: str) -> ScreenState | None:
+        """What the screen's camera sees now (audience, mean dwell, crowd); None without a meter."""
+        if self.scorer is None or getattr(self.scorer, "scorer", None) is None:
+            return None
+        meter = self._meter(screen_id)
+        if meter is None:
+            return None
+        try:
+            now = meter.current(self.clock().timestamp())  # faces seen just now: none if the camera is down
+            audience = max(0, int(now.audience))
+            return ScreenState(screen_id, audience=audience, dwell_s=float(now.dwell_s), crowd=_crowd(audience))
+        except Exception:
+            log.exception("screen %s: the audience meter failed; neutral audience for the scorer", screen_id)
+            return None
+
+    def _meter(self, screen_id: str) -> Any:
+        if self.audience is None:
+            return None
+        try:
+            return self.audience(screen_id)
+        except Exception:
+            log.exception("screen %s: no audience meter", screen_id)
+            return None
+
+    def _chooser(self, history: dict[str, list[int]], live: ScreenState | None = None, now_ms: int = 0):
+        """The planner's chooser: the scorer's ranking (None without a loaded model). Spots starting
+        within LIVE_HORIZON_S of `now_ms` (when the plan is computed) are ranked with the `live`
+        screen state, later ones with the neutral state."""
         holder = self.scorer
         if holder is None or getattr(holder, "scorer", None) is None:
             return None
+        live_until = now_ms + round(LIVE_HORIZON_S * 1000)
 
         def choose(moment: datetime, screen: Screen, candidates):
             at = to_ms(moment)
@@ -352,7 +407,8 @@ class AdsService:
                     category=campaign.category or "other", type=creative.type, duration=creative.duration,
                     plays_last_hour=sum(1 for s in starts if s > at - HOUR_MS),
                     seconds_since_last_play=(at - starts[-1]) / 1000 if starts else None))
-            return holder.rank(moment, ScreenState(screen.id), infos)
+            state = live if live is not None and at <= live_until else ScreenState(screen.id)
+            return holder.rank(moment, state, infos)
 
         return choose
 
@@ -364,16 +420,44 @@ class AdsService:
         if door is None:
             return
         at = self.clock()
-        for runtime in self._screens.values():
+        person = event.data.get("person_id")
+        tier: str | None = None
+        if person is not None and self.member_tier is not None and any(
+                r.screen.door == door for r in self._screens.values()):
+            tier = await asyncio.to_thread(self._tier, str(person))  # a ledger read: off the loop
+        for runtime in list(self._screens.values()):
             if runtime.screen.door != door:
                 continue
             recent = [i for i in runtime.interrupts if to_ms(i.start) > to_ms(at) - 2 * HOUR_MS]
-            item = interrupt(self.catalog, runtime.screen, "door_opened", at, self.tz, recent=recent)
+            context = Context(member_tiers=frozenset({tier}) if tier else frozenset(),
+                              crowd=self._crowd_now(runtime.screen.id))
+            item = interrupt(self.catalog, runtime.screen, "door_opened", at, self.tz, recent=recent,
+                             context=context)
             if item is None:
                 continue
             runtime.interrupts.append(item)
             self.counts["interrupts"] += 1
             self._notify(runtime, "interrupt", self._interrupt_message(item, door, runtime.screen.id))
+
+    def _tier(self, person: str) -> str | None:
+        """The person's member tier (as last synced); None for an unknown person or a failed lookup."""
+        try:
+            tier = self.member_tier(person)
+        except Exception:
+            log.exception("the member tier of %s could not be read; interrupt without a tier", person)
+            return None
+        return str(tier) if tier else None
+
+    def _crowd_now(self, screen_id: str) -> str | None:
+        """The crowd in front of the screen now (low / medium / high), None without a camera."""
+        meter = self._meter(screen_id)
+        if meter is None:
+            return None
+        try:
+            return _crowd(meter.current(self.clock().timestamp()).audience)
+        except Exception:
+            log.exception("screen %s: the audience meter failed; crowd unknown", screen_id)
+            return None
 
     def _interrupt_message(self, item: PlanItem, door: str, screen_id: str | None = None) -> dict[str, Any]:
         creative = self.catalog.creatives.get(item.creative_id)
@@ -457,10 +541,12 @@ class AdsService:
         return dataclasses.replace(record, impressions=measured.impressions,
                                    attention_s=round(measured.attention_s, 3))
 
-    async def aggregate(self) -> int:
-        """Publish `ad.played` for the changed groups of complete hours; the number published."""
+    async def aggregate(self, interim: bool = False) -> int:
+        """Publish `ad.played` for the changed groups of complete hours (final), and with `interim`
+        those of the hours in progress (totals so far, not final); the number published."""
         now_ms = self._now_ms()
-        due = await asyncio.to_thread(self.plays.due, now_ms - round(self.report_delay * 1000))
+        due = await asyncio.to_thread(self.plays.due, now_ms - round(self.report_delay * 1000),
+                                      now_ms if interim else None)
         if due:
             self._publish(due)
             await asyncio.to_thread(self.plays.mark_reported, due, now_ms)
@@ -520,6 +606,13 @@ def _media_type(creative: Creative) -> str:
     if guessed is not None:
         return guessed
     return _MEDIA_TYPES.get(creative.type, "application/octet-stream")
+
+
+def _crowd(faces: int) -> str:
+    """The crowd level of a number of faces facing a screen (CROWD_LOW_BELOW, CROWD_HIGH_FROM)."""
+    if faces < CROWD_LOW_BELOW:
+        return "low"
+    return "high" if faces >= CROWD_HIGH_FROM else "medium"
 
 
 def _ms_of(text: str) -> int:

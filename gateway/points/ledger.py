@@ -221,6 +221,13 @@ class PointsLedger:
                                        (member_id,)).fetchone()
         return row[0] if row else DEFAULT_TIER
 
+    def synced_tier(self, member_id: str) -> str | None:
+        """The member's tier as last synced; None for a member never synced (not a known member)."""
+        with self._read_lock:
+            row = self._reader.execute("SELECT tier FROM points_members WHERE member_id = ?",
+                                       (member_id,)).fetchone()
+        return row[0] if row else None
+
     def balance(self, member_id: str) -> int:
         """Synced balance + the member's entries the platform had not counted yet."""
         with self._read_lock:
