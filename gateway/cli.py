@@ -80,7 +80,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level or "warning")
     return run_demo(config_path=Path(args.config), broker=args.broker, duration=args.duration,
-                    data_dir=Path(args.data_dir), api_port=args.api_port)
+                    data_dir=Path(args.data_dir), api_port=args.api_port, browser=not args.no_browser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", default=str(Path("var") / "demo"), help="where the demo keeps its databases")
     demo.add_argument("--api-port", type=int, default=8080, help="gateway HTTP API port (0 picks a free one)")
     demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    demo.add_argument("--no-browser", action="store_true",
+                      help="do not open the atrium screen's web player in headless Chromium (a simulated "
+                           "player plays it instead)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

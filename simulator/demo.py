@@ -25,6 +25,7 @@ from .till import VirtualPrinter, VirtualScanner, VirtualTill
 from .face_terminals import VirtualHikvisionTerminal
 from .gate_camera import GateCamera
 from .osdp_reader import VirtualOsdpReader
+from .demo_screens import DemoScreens
 from .devices import GatewayEndpoints, VirtualDevice, virtual_device_for
 from .platform import PlatformStandIn
 from .brokers import free_port
@@ -138,10 +139,29 @@ def _demo_config(config: SiteConfigBase, host: str, port: int, protocol: str, da
     return config.model_copy(update={"uplink": uplink, "storage": storage, "api": api})
 
 
+def played(platform: PlatformStandIn, site_id: str, gateway_id: str) -> dict[tuple, dict]:
+    """The platform's view of proof of play: per (screen, creative, campaign, hour), the `ad.played`
+    with the highest revision (interim or final)."""
+    latest: dict[tuple, dict] = {}
+    for event in platform.events(type="ad.played", site_id=site_id, gateway_id=gateway_id):
+        d = event["data"]
+        key = (d["screen"], d["creative_id"], d["campaign_id"], d["hour"])
+        if key not in latest or d["revision"] > latest[key]["revision"]:
+            latest[key] = d
+    return latest
+
+
 class Summary:
     def __init__(self, gateway: Gateway, platform: PlatformStandIn, devices: list[VirtualDevice]):
         self.gateway, self.platform, self.devices = gateway, platform, devices
         self.started = time.monotonic()
+
+    def screens(self) -> str:
+        reports = played(self.platform, self.gateway.config.site_id, self.gateway.config.gateway_id).values()
+        plays = sum(r["plays"] for r in reports)
+        impressions = sum(r["impressions"] or 0 for r in reports)
+        spots = self.gateway.ads.counts["interrupts"] if self.gateway.ads is not None else 0
+        return f"ads played {plays} (impressions {impressions}) gate spots {spots}"
 
     def line(self) -> str:
         gw = self.gateway
@@ -164,13 +184,14 @@ class Summary:
         exits = self.platform.count(type="visit.exit", site_id=cfg.site_id, gateway_id=cfg.gateway_id)
         return (f"[{time.monotonic() - self.started:6.0f}s] produced {produced:6d} | stored {stats.counters.get('accepted', 0):6d}"
                 f" | delivered {delivered:6d} | backlog {stats.backlog_events:5d} | devices online"
-                f" {health['online']}/{health['total']} | people in {visits} out {exits} | doors opened {granted} (by face {by_face}) denied {denied} | sales {sales} points +{awarded} -{reversed_} | uplink {uplink}")
+                f" {health['online']}/{health['total']} | people in {visits} out {exits} | doors opened {granted} (by face {by_face}) denied {denied} | sales {sales} points +{awarded} -{reversed_} | {self.screens()} | uplink {uplink}")
 
 
 async def _run(gateway: Gateway, platform: PlatformStandIn, duration: float | None, cameras: int = 0,
                readers: dict[str, VirtualOsdpReader] | None = None,
                terminals: dict[str, VirtualHikvisionTerminal] | None = None,
-               tills: DemoTills | None = None) -> list[VirtualDevice]:
+               tills: DemoTills | None = None, screens: DemoScreens | None = None,
+               browser: bool = True, data_dir: Path | None = None) -> list[VirtualDevice]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, gateway.request_stop)
@@ -183,6 +204,13 @@ async def _run(gateway: Gateway, platform: PlatformStandIn, duration: float | No
     endpoints = GatewayEndpoints(f"http://127.0.0.1:{gateway.api_port}", gateway.config.api.token.get_secret_value())
     devices = [d.start() for d in (virtual_device_for(c, endpoints) for c in gateway.config.devices) if d]
     cfg = gateway.config
+    if screens is not None and cfg.screens:  # the platform sends its campaigns; the players start
+        ack = await asyncio.to_thread(platform.wait_ack, platform.send_command(
+            cfg.site_id, cfg.gateway_id, "ads.sync", screens.catalog()), 15)
+        if not (ack or {}).get("ok"):
+            print(f"ads.sync: {(ack or {}).get('error')}", flush=True)
+        devices.extend(await asyncio.to_thread(screens.players, cfg, endpoints,
+                                               (data_dir or Path(".")) / "chromium-profile", browser))
     if cfg.access.doors:  # the platform sends who may pass, and enrols the staff's faces
         await asyncio.to_thread(platform.wait_ack, platform.send_command(
             cfg.site_id, cfg.gateway_id, "access.sync", site_access_sync(cfg.access.doors)), 15)
@@ -218,17 +246,30 @@ async def _run(gateway: Gateway, platform: PlatformStandIn, duration: float | No
             print(summary.line(), flush=True)
             last_print = time.monotonic()
         await asyncio.sleep(1.0)
+    shot = None
+    if screens is not None and screens.browser is not None and data_dir is not None:
+        path = data_dir / f"player-{screens.browser_screen}.png"
+        creative = await asyncio.to_thread(screens.screenshot, path)
+        shot = f"web player {screens.browser_screen} showed {creative or 'nothing'}: screenshot {path}"
     for device in devices:
         await asyncio.to_thread(device.stop)
     await gateway_task
     gateway.running.clear()
     # Give the platform a moment to take in the last batches before the final line.
     await asyncio.to_thread(platform.wait_for, lambda: gateway.outbox.stats().backlog_events == 0, 3)
+    if screens is not None:
+        for sign, text in screens.sign_texts().items():
+            print(("\n" if tty else "") + f"LED sign {sign} shows: {text!r}", flush=True)
+            tty = False
+    if shot:
+        print(("\n" if tty else "") + shot, flush=True)
+        tty = False
     print(("\n" if tty else "") + "final: " + summary.line(), flush=True)
     return devices
 
 
-def run_demo(config_path: Path, broker: str | None, duration: float | None, data_dir: Path, api_port: int) -> int:
+def run_demo(config_path: Path, broker: str | None, duration: float | None, data_dir: Path, api_port: int,
+             browser: bool = True) -> int:
     try:
         config = load_config(config_path)
     except ConfigError as exc:
@@ -250,10 +291,14 @@ def run_demo(config_path: Path, broker: str | None, duration: float | None, data
     config, terminals = _serve_terminals(config)
     tills = DemoTills()
     config = tills.serve(config)
+    screens = DemoScreens()
+    config = screens.serve(config)
     gateway = Gateway(_demo_config(config, host, port_number, protocol, data_dir, api_port))
     try:
-        asyncio.run(_run(gateway, platform, duration, len(cameras), readers, terminals, tills))
+        asyncio.run(_run(gateway, platform, duration, len(cameras), readers, terminals, tills, screens, browser,
+                         data_dir))
     finally:
+        screens.stop()
         tills.stop()
         for camera in cameras:
             camera.stop()

@@ -10,9 +10,7 @@ cannot be found nor installed."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -25,21 +23,14 @@ import numpy as np
 import pytest
 
 from gateway.events import Event
+import simulator.browser
 from simulator.brokers import free_port
+from simulator.browser import HEIGHT, WIDTH, find_chromium, headless
 from simulator.files import FileServer
 from test_api import RunningGateway
 from test_screen_api import GATE, LOBBY, site_config
 
 RED, BLUE = (0, 0, 255), (255, 0, 0)  # BGR
-WIDTH, HEIGHT = 640, 360
-
-
-def find_chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +110,6 @@ def share(image, colour, tolerance: int = 40) -> float:
     return float(np.mean(np.all(np.abs(image.astype(int) - colour) <= tolerance, axis=2)))
 
 
-def headless(chromium: str, profile, *args: str) -> list[str]:
-    return [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--no-first-run", "--mute-audio", f"--user-data-dir={profile}", f"--window-size={WIDTH},{HEIGHT}",
-            "--hide-scrollbars", *args]
-
-
 # ---------------------------------------------------------------------------------- serving
 
 
@@ -169,44 +154,8 @@ def test_screenshot_dom_and_plays(running, chromium, tmp_path):
 # -------------------------------------------------------------- driven over DevTools (CDP)
 
 
-class Browser:
-    """Headless Chromium driven over the DevTools protocol (websockets, which amqtt brings)."""
-
-    def __init__(self, chromium: str, profile):
-        from websockets.sync.client import connect
-
-        self.port = free_port()
-        self.process = subprocess.Popen(headless(chromium, profile, f"--remote-debugging-port={self.port}",
-                                                 "about:blank"),
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                targets = httpx.get(f"http://127.0.0.1:{self.port}/json/list", timeout=5).json()
-                page = next(t for t in targets if t["type"] == "page")
-                break
-            except Exception:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.close()
-                    raise RuntimeError("chromium's DevTools did not come up")
-                time.sleep(0.2)
-        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
-        self.ids = 0
-        self.send("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT, deviceScaleFactor=1, mobile=False)
-
-    def send(self, method: str, **params):
-        self.ids += 1
-        self.ws.send(json.dumps({"id": self.ids, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv(timeout=60))
-            if message.get("id") == self.ids:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
-
-    def eval(self, expression: str):
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
-        return result["result"].get("value")
+class Browser(simulator.browser.Browser):
+    """The shared headless Chromium (simulator/browser.py), with the waits these tests need."""
 
     def wait(self, expression: str, timeout: float = 60):
         deadline = time.monotonic() + timeout
@@ -218,8 +167,7 @@ class Browser:
         raise AssertionError(f"not true within {timeout} s: {expression}; state: {self.eval('JSON.stringify(window.playerState)')}")
 
     def screenshot(self):
-        data = base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"])
-        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        return cv2.imdecode(np.frombuffer(self.screenshot_png(), np.uint8), cv2.IMREAD_COLOR)
 
     def painted(self, colour, timeout: float = 10.0):
         """A screenshot once the screen shows `colour`: the DOM can change a frame before the
@@ -231,18 +179,6 @@ class Browser:
             if share(image, colour) > 0.95 or time.monotonic() > deadline:
                 return image
             time.sleep(0.1)
-
-    def close(self):
-        try:
-            self.ws.close()
-        except Exception:
-            pass
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(30)
 
 
 @pytest.fixture
@@ -300,6 +236,30 @@ def test_offline_keeps_playing_and_queues_plays(running, browser):
                  uploadThroughput=-1)
     browser.wait("window.playerState.queued === 0", timeout=90)  # the backoff is at most 60 s
     assert plays_of(running, "lobby", "red") >= before + queued
+
+
+def test_a_reload_while_the_gateway_is_down_still_opens_the_player(tmp_path, media, browser):
+    """The service worker (/player/sw.js) keeps the page and player.js: with the gateway stopped, a
+    reload still opens the player, which plays its last playlist (kept in localStorage)."""
+    gw = RunningGateway(site_config(tmp_path / "gateway.db", free_port())).start()
+    try:
+        asyncio.run_coroutine_threadsafe(gw.gateway.ads.sync_command(catalog(media)), gw.gateway._loop).result(30)
+        url = f"http://127.0.0.1:{gw.gateway.api_port}/player/lobby#token={LOBBY}"
+        worker = httpx.get(url.split("#")[0].replace("/lobby", "/sw.js"), timeout=30)
+        assert worker.status_code == 200 and "javascript" in worker.headers["content-type"]
+        browser.send("Page.enable")
+        browser.send("Page.navigate", url=url)
+        browser.wait("window.playerState && window.playerState.serviceWorker === true "
+                     "&& !!navigator.serviceWorker.controller")
+        browser.wait(shown("red"))  # after the spot kept at the sync (up to 10 s)
+    finally:
+        gw.stop()
+    with pytest.raises(httpx.HTTPError):  # the gateway is gone
+        httpx.get(url.split("#")[0], timeout=5)
+    browser.send("Page.reload", ignoreCache=False)
+    browser.wait("window.playerState && window.playerState.online === false && !!window.playerState.lastError")
+    browser.wait(shown("red"))
+    assert share(browser.painted(RED), RED) > 0.95
 
 
 def test_media_from_the_gateways_copy(running, browser):

@@ -244,10 +244,12 @@ def screen_router(gateway: "Gateway") -> APIRouter:
 #                                fragment (#token=...), which browsers never send, so it stays out of
 #                                server and proxy logs; player.js sends it as `Authorization: Bearer`.
 # GET /player/static/{name}      the player's static files (gateway/ads/player/), a fixed set.
+# GET /player/sw.js              its service worker, at /player/ so that its scope covers the pages.
 # No auth here: the files hold no secret, and everything the page then asks for needs the token.
 
 PLAYER_DIR = __import__("pathlib").Path(__file__).with_name("player")
-PLAYER_FILES = {"index.html": "text/html; charset=utf-8", "player.js": "text/javascript; charset=utf-8"}
+PLAYER_FILES = {"index.html": "text/html; charset=utf-8", "player.js": "text/javascript; charset=utf-8",
+                "sw.js": "text/javascript; charset=utf-8"}
 PLAYER_HEADERS = {
     "Cache-Control": "no-cache",  # revalidated on every load, so a new gateway's player is picked up
     "Referrer-Policy": "no-referrer",
@@ -270,6 +272,11 @@ def player_router(gateway: "Gateway") -> APIRouter:
     @router.get("/static/{name}", summary="The web player's static files", response_class=Response)
     async def static(name: str) -> Response:
         return file(name)
+
+    @router.get("/sw.js", summary="The web player's service worker (scope /player/: the page opens offline)",
+                response_class=Response)
+    async def service_worker() -> Response:
+        return file("sw.js")
 
     @router.get("/{screen_id}", summary="The reference web player of a screen (token in the URL fragment: #token=...)",
                 response_class=Response, responses={200: {"content": {"text/html": {}}},

@@ -14,6 +14,9 @@
      queues them in localStorage and posts them in batches until the gateway answers 202 (idempotent by
      play_id, so a repeat after a lost answer is harmless).
 
+   - registers the service worker /player/sw.js, which keeps a copy of the page and of this script so
+     that a reload while the gateway is unreachable still opens the player.
+
    For tests and monitoring: document.body.dataset.creative is the creative on screen, and
    window.playerState holds the queue length, the last error and more. */
 (function () {
@@ -330,4 +333,18 @@
   if (cached) prefetchMedia(cached.doc.items || []);
   listen();
   flushLoop();
+  // The service worker (sw.js) keeps a copy of this page and this script, so that a reload while
+  // the gateway is unreachable still opens the player (secure contexts only, like the Cache API).
+  state.serviceWorker = false;
+  if (navigator.serviceWorker) {
+    navigator.serviceWorker.register('/player/sw.js', { scope: '/player/' }).then(function () {
+      return navigator.serviceWorker.ready;
+    }).then(function (registration) {  // "activated": its copy of this page is made
+      var worker = registration.active;
+      if (worker.state === 'activated') return;
+      return new Promise(function (resolve) {
+        worker.addEventListener('statechange', function () { if (worker.state === 'activated') resolve(); });
+      });
+    }).then(function () { state.serviceWorker = true; }).catch(function (e) { setError('service worker: ' + e); });
+  }
 })();
