@@ -138,7 +138,7 @@ def stored_bodies(db_path: Path, where: str = "1", params: tuple = ()) -> list[d
 def test_docs_files_exist():
     for name in ("architecture.md", "config.md", "mqtt.md", "vision.md", "access.md", "benchmarks.md", "asyncapi.yaml",
                  "schemas/commands/access.sync.schema.json", "schemas/commands/access.sync.command.schema.json",
-                 "schemas/commands/access.sync.ack.schema.json",
+                 "schemas/commands/access.sync.ack.schema.json", "schemas/commands/ads.sync.schema.json",
                  "deploy/gateway.service", "schemas/envelope.schema.json", "schemas/batch.schema.json",
                  "schemas/ack.schema.json", "schemas/status.schema.json", "schemas/command.schema.json",
                  *(f"schemas/events/{t}.schema.json" for t in GATEWAY_EVENT_TYPES)):
@@ -670,6 +670,29 @@ def test_real_access_events_validate(tmp_path: Path):
         "door": "north-gate", "method": "card", "person_id": "res-0042", "reason": "granted",
         "card": "h10301:12:3456"}), site_id=SITE, gateway_id=GATEWAY, seq=1))
     assert_invalid("events/access.granted.schema.json", wrong)
+
+
+def test_ads_sync_schema_is_the_models_and_takes_the_demos_campaigns():
+    """docs/schemas/commands/ads.sync.schema.json is what `gateway ads sync-schema` prints (regenerate
+    it with that command when the model changes); the demo's catalog passes it and the gateway."""
+    from gateway.ads.cli import sync_schema
+    from gateway.ads.store import parse_sync as parse_ads_sync
+    from simulator.demo_screens import DemoScreens
+
+    schema_file = "commands/ads.sync.schema.json"
+    assert load_json(SCHEMAS / schema_file) == json.loads(json.dumps(sync_schema())), \
+        "stale: run `gateway ads sync-schema > docs/schemas/commands/ads.sync.schema.json`"
+    screens = DemoScreens()
+    try:
+        catalog = screens.catalog()
+    finally:
+        screens.stop()
+    assert_valid(schema_file, catalog)
+    parse_ads_sync(catalog)
+    for bad in ({"version": 1}, {"version": 0, "mode": "snapshot"}, {**catalog, "extra": 1},
+                {**catalog, "creatives": [{**catalog["creatives"][0], "type": "hologram"}]},
+                {**catalog, "campaigns": [{**catalog["campaigns"][0], "weight": 0}]}):
+        assert_invalid(schema_file, bad)
 
 
 def test_access_sync_schema_matches_parse_sync(asyncapi: dict):

@@ -19,7 +19,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from ..config import ConfigError, load_config
-from .model import Screen
+from .model import AdsSync, Screen
 from .planner import plan
 from .store import AdsStore, load_catalog_file
 
@@ -71,6 +71,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+SYNC_SCHEMA_DESCRIPTION = (
+    "The args of the ads.sync command (gateway.ads.model.AdsSync): creatives, campaigns and the default "
+    "loop, as a versioned snapshot (replaces everything) or delta (removals first, then upserts by id; "
+    "default_loop absent leaves it as it is), with the version rules of access.sync. Validated "
+    "completely, then applied in one transaction: a refused sync changes nothing. The gateway also "
+    "refuses what a schema cannot say: an id given twice, a campaign or default loop naming a creative "
+    "the resulting catalog does not hold, a text creative without text or with a media_url, an image or "
+    "video without sha256. Durations are seconds or a number with a unit. Generated from the model by "
+    "`gateway ads sync-schema`; docs/screens.md explains the content model.")
+
+
+def sync_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of the ads.sync args, from the pydantic model."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "ads.sync command args",
+            "description": SYNC_SCHEMA_DESCRIPTION,
+            **{k: v for k, v in AdsSync.model_json_schema().items() if k not in ("title", "description")}}
+
+
+def cmd_sync_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(sync_schema(), indent=2, ensure_ascii=False))
+    return 0
+
+
 def register(subparsers) -> None:
     ads = subparsers.add_parser("ads", help="screens and ad rotation")
     sub = ads.add_subparsers(dest="ads_command", required=True)
@@ -82,3 +105,5 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="varies the order between screens (default 0)")
     p.add_argument("--catalog", help="an ads.sync JSON body to plan from, instead of the gateway's ads store")
     p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("sync-schema", help="the JSON Schema of the ads.sync command's args")
+    p.set_defaults(func=cmd_sync_schema)
