@@ -121,7 +121,8 @@ class DemoScreens:
                     continue
                 except RuntimeError as exc:
                     print(f"Chromium did not start ({exc}); a simulated player plays {screen.id}", flush=True)
-            print(f"web player of {screen.id} (open it in a browser): {url}", flush=True)
+            print(f"{screen.id} is played by a simulated player; its web player (open it in a browser to watch): "
+                  f"{url}", flush=True)
             devices.append(VirtualScreenPlayer(screen.id, endpoints, token).start())
         return devices
 
