@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from gateway.access.rules import TimeWindow
 from gateway.ads import cli as ads_cli
 from gateway.ads.model import AdsCatalog, Screen
-from gateway.ads.planner import Context, Plan, PlanItem, interrupt, plan
+from gateway.ads.planner import Context, Plan, PlanItem, interrupt, live_spot, plan
 
 SHA = "cd" * 32
 SHANGHAI, BERLIN = ZoneInfo("Asia/Shanghai"), ZoneInfo("Europe/Berlin")
@@ -367,6 +367,28 @@ def test_an_interrupt_for_a_members_tier_wins_over_an_untargeted_one_of_the_same
     ads = catalog([{**spots[0], "priority": 5}, spots[1]])
     chosen = interrupt(ads, gate, "door_opened", at, SHANGHAI, context=Context(member_tiers=frozenset({"gold"})))
     assert chosen.campaign_id == "any"
+
+
+def test_a_live_spot_is_a_live_targeted_loop_campaign_that_matches_now():
+    lobby = Screen(id="lobby", groups=["floor-1"])
+    at = datetime(2026, 3, 2, 10, tzinfo=SHANGHAI)
+    ads = catalog([{"campaign_id": "loop", "creatives": ["l1"]},
+                   {"campaign_id": "door", "creatives": ["d1"], "trigger": "door_opened",
+                    "targeting": {"crowd": "high"}},
+                   {"campaign_id": "busy", "creatives": ["b1"], "targeting": {"crowd": "high"}, "priority": 2,
+                    "dayparts": [{"start": "09:00", "end": "12:00"}]},
+                   {"campaign_id": "gold", "creatives": ["g1"], "targeting": {"member_tiers": ["gold"]}}],
+                  durations={"b1": 7, "g1": 12})
+    busy = live_spot(ads, lobby, at, SHANGHAI, Context(crowd="high"))
+    assert (busy.campaign_id, busy.creative_id, (busy.end - busy.start).total_seconds()) == ("busy", "b1", 7)
+    # Only live-targeted loop campaigns: neither the untargeted loop nor a triggered one.
+    assert live_spot(ads, lobby, at, SHANGHAI, Context(crowd="low")) is None
+    assert live_spot(ads, lobby, at, SHANGHAI, Context(member_tiers=frozenset({"gold"}))).campaign_id == "gold"
+    both = Context(member_tiers=frozenset({"gold"}), crowd="high")
+    assert live_spot(ads, lobby, at, SHANGHAI, both).campaign_id == "busy"  # the higher priority
+    assert live_spot(ads, lobby, at, SHANGHAI, both, min_priority=1).campaign_id == "busy"
+    assert live_spot(ads, lobby, at + timedelta(hours=3), SHANGHAI, both).campaign_id == "gold"  # daypart over
+    assert live_spot(ads, lobby, at, SHANGHAI, Context(member_tiers=frozenset({"gold"})), min_priority=1) is None
 
 
 def test_times_must_be_aware():

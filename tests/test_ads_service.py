@@ -15,7 +15,8 @@ from gateway.ads.audience import AudienceNow
 from gateway.ads.model import Screen
 from gateway.ads.plays import PlayRecord, PlaysStore, to_ms
 from gateway.ads.scorer import ScreenState
-from gateway.ads.service import CROWD_HIGH_FROM, CROWD_LOW_BELOW, LIVE_HORIZON_S, AdsService, _crowd
+from gateway.ads.service import (CROWD_HIGH_FROM, CROWD_LOW_BELOW, LIVE_GAP_S, LIVE_HORIZON_S, LIVE_PRESENCE_S,
+                                 AdsService, _crowd)
 from gateway.ads.store import AdsStore, AdsSyncError
 from gateway.bus import EventBus
 from gateway.commands import CommandError
@@ -511,6 +512,90 @@ def test_door_opened_interrupt_gets_the_crowd_of_the_screens_camera(tmp_path):
                 await h.settle()
                 got.append((await asyncio.wait_for(gate.get(), 5))[1]["campaign_id"])
             assert got == ["gate-busy", "gate-busy", "gate", "gate"]
+
+    run(main())
+
+
+def live_loop_snapshot() -> dict:
+    """The lobby's loop (k1, k2), plus two live-targeted loop campaigns (no trigger): a busy-hour
+    spot for a high crowd (capped at 2 an hour) and a gold-members spot."""
+    body = snapshot()
+    body["creatives"] += [creative("crowd1", 8), creative("gold1", 12)]
+    body["campaigns"] += [{"campaign_id": "crowd", "creatives": ["crowd1"], "targeting": {"crowd": "high"},
+                           "frequency_cap_per_hour": 2},
+                          {"campaign_id": "gold", "creatives": ["gold1"], "targeting": {"member_tiers": ["gold"]}}]
+    return body
+
+
+def test_live_targeted_campaigns_play_as_live_spots_when_the_context_matches(tmp_path):
+    meter = FakeMeter(2, 1.0)
+
+    async def main():
+        clock = Clock()
+        async with Harness(tmp_path, clock, audience=lambda screen: meter if screen == "lobby" else None,
+                           member_tier=lambda person: "gold" if person == "P-gold" else None) as h:
+            ads = h.service
+            await ads.sync_command(live_loop_snapshot())
+            planned = {it["campaign_id"] for it in ads.playlist("lobby")[0]["items"]}
+            assert "crowd" not in planned and "gold" not in planned  # never in the plan made ahead
+            lobby, gate = ads.subscribe("lobby"), ads.subscribe("gate-1")
+            for q in (lobby, gate):
+                while not q.empty():
+                    q.get_nowait()  # the playlist announcements
+
+            assert await ads.check_live() == 0  # a low crowd: nothing matches
+            meter.now = AudienceNow(12, 4.0)
+            assert await ads.check_live() == 1
+            kind, message = lobby.get_nowait()
+            assert kind == "interrupt" and message["campaign_id"] == "crowd" and message["trigger"] == "live"
+            assert message["duration"] == 8 and "door" not in message
+            clock.now += timedelta(seconds=5)
+            assert await ads.check_live() == 0  # the live spot is still playing
+            clock.now += timedelta(seconds=LIVE_GAP_S)
+            assert await ads.check_live() == 0  # its cap: 2 an hour, so 30 minutes apart
+            clock.now = T0 + timedelta(minutes=30)
+            assert await ads.check_live() == 1
+            assert lobby.get_nowait()[1]["campaign_id"] == "crowd"
+            assert ads.counts["live_spots"] == 2 and ads.counts["interrupts"] == 0
+
+            # The gold member who opens the staff door: the door spot, then, once it is over, the
+            # gold members' spot on the gate screen while they are there.
+            h.bus.publish(Event("door.opened", "osdp-1", {"door": "staff", "person_id": "P-gold", "method": "face"},
+                                internal=True))
+            await h.settle()
+            assert (await asyncio.wait_for(gate.get(), 5))[1]["campaign_id"] == "gate"
+            assert await ads.check_live() == 0  # not over the door spot (6 s)
+            clock.now += timedelta(seconds=7)
+            assert await ads.check_live() == 1
+            kind, message = gate.get_nowait()
+            assert message["campaign_id"] == "gold" and message["trigger"] == "live"
+            clock.now += timedelta(seconds=LIVE_PRESENCE_S + LIVE_GAP_S)
+            assert await ads.check_live() == 0  # the member has left
+            assert [i.campaign_id for i in ads.interrupts("gate-1")] == ["gate", "gold"]
+
+    run(main())
+
+
+def test_a_live_spot_never_cuts_a_loop_spot_of_a_higher_priority(tmp_path):
+    meter = FakeMeter(12, 4.0)
+
+    async def main():
+        clock = Clock()
+        async with Harness(tmp_path, clock, audience=lambda screen: meter if screen == "lobby" else None) as h:
+            body = live_loop_snapshot()
+            for campaign in body["campaigns"]:
+                if campaign["campaign_id"] in ("k1", "k2"):
+                    campaign["priority"] = 5  # a sponsorship tier above the crowd campaign's 0
+            await h.service.sync_command(body)
+            clock.now += timedelta(seconds=15)  # past the Welcome spot kept at the sync: k1/k2 play
+            assert await h.service.check_live() == 0
+            for campaign in body["campaigns"]:
+                if campaign["campaign_id"] == "crowd":
+                    campaign["priority"] = 5
+            body["version"] = 2
+            await h.service.sync_command(body)
+            clock.now += timedelta(seconds=15)
+            assert await h.service.check_live() == 1
 
     run(main())
 

@@ -56,6 +56,10 @@ live-targeted campaign (`member_tiers` / `crowd`) that matches `context` before 
 then the fewest plays in the last hour per weight, then a stable order. (Specificity never beats
 priority: a targeted campaign of a lower priority waits for the higher tier.) It plays for the
 campaign's `trigger_duration` (default 5 s), its creatives in turn.
+
+`live_spot(catalog, screen, at, tz, context)` is how live-targeted loop campaigns (no trigger) play:
+left out of the plans made ahead, one is played at once as an interrupt when the screen's live
+context matches it, by the same rules and order, for its creative's duration.
 """
 
 from __future__ import annotations
@@ -546,6 +550,27 @@ def interrupt(catalog: AdsCatalog, screen: Screen, trigger: str, at: datetime, t
     Order: the highest priority; then, within it, a live-targeted campaign matching `context` before
     an untargeted one (the more specific spot wins); then the fewest plays in the last hour per
     weight (fairness); then a stable order."""
+    return _spot(catalog, screen, at, tz, recent, context, lambda c: c.trigger == trigger, triggered=True)
+
+
+def live_spot(catalog: AdsCatalog, screen: Screen, at: datetime, tz: tzinfo | str, context: Context, *,
+              recent: Iterable[PlanItem] = (), min_priority: int | None = None) -> PlanItem | None:
+    """A spot of a live-targeted loop campaign (`targeting.member_tiers` / `crowd`, no `trigger`)
+    that `context` matches now, to play at once as an interrupt; None when none may.
+
+    Such campaigns are left out of the plans made ahead; this is how they play. Same rules and order
+    as `interrupt` (targeting, flight, dayparts, caps over `recent`, priority, fairness), but only
+    campaigns of at least `min_priority` (so that a live spot never cuts a loop spot of a higher
+    tier), and the spot lasts its creative's duration."""
+    def eligible(campaign: Campaign) -> bool:
+        return (campaign.trigger is None and campaign.targeting is not None and campaign.targeting.live
+                and (min_priority is None or campaign.priority >= min_priority))
+
+    return _spot(catalog, screen, at, tz, recent, context, eligible, triggered=False)
+
+
+def _spot(catalog: AdsCatalog, screen: Screen, at: datetime, tz: tzinfo | str, recent: Iterable[PlanItem],
+          context: Context | None, eligible: Callable[[Campaign], bool], triggered: bool) -> PlanItem | None:
     at_ms = _ms(at)
     local = at.astimezone(_zone(tz))
     index = _index(catalog)
@@ -557,7 +582,7 @@ def interrupt(catalog: AdsCatalog, screen: Screen, trigger: str, at: datetime, t
     for i in index.for_screen(screen):
         compiled = index.compiled[i]
         campaign = compiled.campaign
-        if campaign.trigger != trigger or not compiled.open_at(local):
+        if not eligible(campaign) or not compiled.open_at(local):
             continue
         specific = campaign.targeting is not None and campaign.targeting.live
         if specific and (context is None or not context.matches(campaign)):
@@ -573,6 +598,7 @@ def interrupt(catalog: AdsCatalog, screen: Screen, trigger: str, at: datetime, t
     if best is None:
         return None
     creative = best.creatives[len(history.get(best.campaign.campaign_id, ())) % len(best.creatives)]
+    seconds = best.campaign.interrupt_seconds if triggered else creative.duration
     start = datetime.fromtimestamp(at_ms / 1000, UTC)
-    end = start + timedelta(milliseconds=round(best.campaign.interrupt_seconds * 1000))
+    end = start + timedelta(milliseconds=round(seconds * 1000))
     return PlanItem(start, end, creative.creative_id, best.campaign.campaign_id)

@@ -23,6 +23,11 @@
   `CROWD_LOW_BELOW`, high from `CROWD_HIGH_FROM`, else medium; unknown without a meter), so a
   triggered campaign with `targeting.member_tiers` / `crowd` can play, and wins over an untargeted
   one of the same priority.
+- **Live spots.** `check_live` (every LIVE_CHECK_S, in a task of `run`) plays, as an interrupt
+  (`trigger` "live"), a live-targeted loop campaign (`planner.live_spot`) on each screen whose live
+  context matches: the crowd its camera sees, the member tiers recognised at its door in the last
+  LIVE_PRESENCE_S. Never over an interrupt still playing or a loop spot of a higher priority, at
+  most one every LIVE_GAP_S per screen, not on signs.
 - **Scorer.** With a `ScorerHolder`, the planner's `chooser` asks it to rank the candidates:
   CandidateInfo from the campaign (`category`, else `other`) and creative, with this screen's
   plays in the last hour before the plan (from the plays store and the previous plan). For spots
@@ -58,8 +63,8 @@ import orjson
 from ..bus import EventBus
 from ..commands import CommandError
 from ..events import Event, normalise_timestamp, utc_timestamp
-from .model import WELCOME, AdsCatalog, Creative, Screen
-from .planner import Context, PlanItem, interrupt, plan
+from .model import WELCOME, AdsCatalog, Campaign, Creative, Screen
+from .planner import Context, PlanItem, interrupt, live_spot, plan
 from .plays import HOUR_MS, Aggregate, PlayRecord, PlaysStore, from_ms, to_ms
 from .scorer import CandidateInfo, ScorerHolder, ScreenState
 from .store import AdsStore, parse_sync
@@ -77,6 +82,9 @@ MAX_CLOCK_SKEW_MS = 600_000  # a play may end at most 10 min in the gateway's fu
 CROWD_LOW_BELOW = 3  # faces facing a screen: fewer is a `low` crowd
 CROWD_HIGH_FROM = 10  # this many or more is a `high` crowd (in between: `medium`)
 LIVE_HORIZON_S = 120.0  # the scorer gets the live audience for spots starting this soon after planning
+LIVE_CHECK_S = 2.0  # seconds between looks at each screen's live context (live spots)
+LIVE_GAP_S = 30.0  # the least time between the starts of two live spots on one screen
+LIVE_PRESENCE_S = 30.0  # a member who opened a screen's door counts as present this long
 
 
 @dataclass(eq=False)
@@ -96,6 +104,9 @@ class _ScreenRuntime:
     plan: _ScreenPlan | None = None
     interrupts: deque = field(default_factory=lambda: deque(maxlen=1000))  # PlanItems
     listeners: set[asyncio.Queue] = field(default_factory=set)
+    busy_until_ms: int = 0  # the end of the interrupt playing (no live spot before it)
+    next_live_ms: int = 0  # no live spot before this: LIVE_GAP_S after the last one
+    tiers: dict[str, int] = field(default_factory=dict)  # member tier recognised here -> present until (ms)
 
 
 class AdsService:
@@ -132,7 +143,7 @@ class AdsService:
         self._set_config(screens, tz, keep_plays, plan_window)
         self._plan_lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self.counts = {"interrupts": 0, "plays_accepted": 0, "plays_duplicates": 0, "plays_expired": 0,
+        self.counts = {"interrupts": 0, "live_spots": 0, "plays_accepted": 0, "plays_duplicates": 0, "plays_expired": 0,
                        "ad_played_events": 0}
         self._pending = 0
 
@@ -163,7 +174,23 @@ class AdsService:
         self._pending = await asyncio.to_thread(self.plays.pending_count)
 
     async def run(self) -> None:
-        """Extend plans running low, report complete hours, prune old plays; until cancelled."""
+        """Extend plans running low, report complete hours, prune old plays, and (in a task of its
+        own) play live spots; until cancelled."""
+        live = asyncio.create_task(self._run_live(), name="ads-live")
+        try:
+            await self._housekeeping()
+        finally:
+            live.cancel()
+
+    async def _run_live(self) -> None:
+        while True:
+            try:
+                await self.check_live()
+            except Exception:
+                log.exception("ads live spots failed")
+            await asyncio.sleep(LIVE_CHECK_S)
+
+    async def _housekeeping(self) -> None:
         loop = asyncio.get_running_loop()
         next_aggregate = next_prune = loop.time()
         next_interim = loop.time() + (self.report_partial or 0)
@@ -267,16 +294,19 @@ class AdsService:
     # ---------------------------------------------------------------- media (issue 6, media)
 
     def _needed_creatives(self) -> list[Creative]:
-        """The creatives of the current plans, and those of the triggered campaigns of door screens."""
+        """The creatives of the current plans, those of the triggered campaigns of door screens, and
+        those of the live-targeted campaigns (live spots) of the screens they target."""
         catalog = self.catalog
         ids: set[str] = set()
         for runtime in self._screens.values():
             if runtime.plan is not None:
                 ids.update(it[2] for it in runtime.plan.items)
-            if runtime.screen.door is not None:
-                for campaign in catalog.campaigns.values():
-                    if campaign.trigger is not None and campaign.targets(runtime.screen):
-                        ids.update(campaign.creatives)
+            for campaign in catalog.campaigns.values():
+                if not campaign.targets(runtime.screen):
+                    continue
+                live = campaign.trigger is None and campaign.targeting is not None and campaign.targeting.live
+                if live or (campaign.trigger is not None and runtime.screen.door is not None):
+                    ids.update(campaign.creatives)
         return [catalog.creatives[i] for i in sorted(ids) if i in catalog.creatives]
 
     def _ensure_media(self) -> None:
@@ -428,6 +458,8 @@ class AdsService:
         for runtime in list(self._screens.values()):
             if runtime.screen.door != door:
                 continue
+            if tier:  # the member is in front of this screen for a while: live spots for their tier
+                runtime.tiers[tier] = to_ms(at) + round(LIVE_PRESENCE_S * 1000)
             recent = [i for i in runtime.interrupts if to_ms(i.start) > to_ms(at) - 2 * HOUR_MS]
             context = Context(member_tiers=frozenset({tier}) if tier else frozenset(),
                               crowd=self._crowd_now(runtime.screen.id))
@@ -436,8 +468,49 @@ class AdsService:
             if item is None:
                 continue
             runtime.interrupts.append(item)
+            runtime.busy_until_ms = to_ms(item.end)
             self.counts["interrupts"] += 1
-            self._notify(runtime, "interrupt", self._interrupt_message(item, door, runtime.screen.id))
+            self._notify(runtime, "interrupt", self._interrupt_message(item, runtime.screen.id, "door_opened", door))
+
+    async def check_live(self) -> int:
+        """Play a live spot on each screen whose live context matches a live-targeted campaign now
+        (see `planner.live_spot`): the crowd its camera sees, the member tiers recognised at its
+        door in the last LIVE_PRESENCE_S. Not while an interrupt plays, not within LIVE_GAP_S of
+        the last live spot, never over a loop spot of a higher priority, not on signs. The number
+        of spots started."""
+        at = self.clock()
+        now_ms = to_ms(at)
+        started = 0
+        for runtime in list(self._screens.values()):
+            screen = runtime.screen
+            runtime.tiers = {t: until for t, until in runtime.tiers.items() if until > now_ms}
+            if screen.sign is not None or now_ms < max(runtime.busy_until_ms, runtime.next_live_ms):
+                continue
+            crowd = await asyncio.to_thread(self._crowd_now, screen.id)
+            if crowd is None and not runtime.tiers:
+                continue  # nothing known of who is there
+            playing = self._campaign_playing(runtime, now_ms)
+            recent = [i for i in runtime.interrupts if to_ms(i.start) > now_ms - 2 * HOUR_MS]
+            item = live_spot(self.catalog, screen, at, self.tz, Context(frozenset(runtime.tiers), crowd),
+                             recent=recent, min_priority=playing.priority if playing is not None else None)
+            if item is None:
+                continue
+            runtime.interrupts.append(item)
+            runtime.busy_until_ms = to_ms(item.end)
+            runtime.next_live_ms = now_ms + round(LIVE_GAP_S * 1000)
+            self.counts["live_spots"] += 1
+            started += 1
+            self._notify(runtime, "interrupt", self._interrupt_message(item, screen.id, "live"))
+        return started
+
+    def _campaign_playing(self, runtime: _ScreenRuntime, at_ms: int) -> Campaign | None:
+        """The campaign of the loop spot playing now (None: the default loop, or no plan)."""
+        if runtime.plan is None:
+            return None
+        for start_ms, end_ms, _, campaign_id in runtime.plan.items:
+            if start_ms <= at_ms < end_ms:
+                return self.catalog.campaigns.get(campaign_id) if campaign_id else None
+        return None
 
     def _tier(self, person: str) -> str | None:
         """The person's member tier (as last synced); None for an unknown person or a failed lookup."""
@@ -459,13 +532,17 @@ class AdsService:
             log.exception("screen %s: the audience meter failed; crowd unknown", screen_id)
             return None
 
-    def _interrupt_message(self, item: PlanItem, door: str, screen_id: str | None = None) -> dict[str, Any]:
+    def _interrupt_message(self, item: PlanItem, screen_id: str | None, trigger: str,
+                           door: str | None = None) -> dict[str, Any]:
+        """The SSE `interrupt` message: `trigger` "door_opened" (with its `door`) or "live"."""
         creative = self.catalog.creatives.get(item.creative_id)
         message = {"creative_id": item.creative_id, "campaign_id": item.campaign_id,
                    "type": creative.type if creative else None,
                    "media_url": creative.media_url if creative else None,
-                   "duration": (item.end - item.start).total_seconds(), "trigger": "door_opened",
-                   "door": door, "at": utc_timestamp(item.start)}
+                   "duration": (item.end - item.start).total_seconds(), "trigger": trigger,
+                   "at": utc_timestamp(item.start)}
+        if door is not None:
+            message["door"] = door
         if creative is not None and creative.sha256:
             message["sha256"] = creative.sha256
             local_url = self._local_url(screen_id, creative) if screen_id is not None else None
