@@ -199,6 +199,8 @@ class Gateway:
         if api_task is not None and self.api_server is not None:
             self.api_server.should_exit = True
             await asyncio.gather(api_task, return_exceptions=True)
+        if self.ads is not None:  # no more plays can arrive: the platform gets the hour's figures so far
+            await self.ads.report_before_stop()
         await asyncio.to_thread(self.visits.stop)
         if self.faces is not None:
             await asyncio.to_thread(self.faces.stop)

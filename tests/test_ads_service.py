@@ -354,6 +354,22 @@ def test_interim_reports_of_the_hour_in_progress_then_the_final_one(tmp_path):
     run(main())
 
 
+def test_a_graceful_stop_reports_the_hour_so_far(tmp_path):
+    async def main():
+        async with Harness(tmp_path, Clock(T0 + timedelta(minutes=20))) as h:
+            ads = h.service
+            await ads.add_plays("lobby", [play(T0 + timedelta(minutes=1), 10)])
+            assert await ads.report_before_stop() == 1
+            await h.settle()
+            assert h.played[-1].data["final"] is False and h.played[-1].data["plays"] == 1
+            assert await ads.report_before_stop() == 0  # nothing new
+            await ads.add_plays("lobby", [play(T0 + timedelta(minutes=2), 10)])
+            ads.report_partial = None  # interim reports off: only complete hours are reported
+            assert await ads.report_before_stop() == 0
+
+    run(main())
+
+
 def test_a_plays_db_from_before_interim_reports_is_upgraded(tmp_path):
     path = tmp_path / "plays.db"
     with sqlite3.connect(path) as db:  # the table as it was: no `final` column

@@ -630,6 +630,18 @@ class AdsService:
         self._pending = await asyncio.to_thread(self.plays.pending_count)
         return len(due)
 
+    async def report_before_stop(self) -> int:
+        """At a graceful stop (players can post no more): an interim report of what changed since the
+        last one, when interim reports are on, so the platform has the latest figures while the
+        gateway is down. Never raises: the stop goes on."""
+        if not self.report_partial:
+            return 0
+        try:
+            return await self.aggregate(interim=True)
+        except Exception:
+            log.exception("ads: the report before stopping failed; it is made after the restart")
+            return 0
+
     def _publish(self, aggregates: list[Aggregate]) -> None:
         for a in aggregates:
             self.bus.publish(Event("ad.played", a.screen, a.as_data(), event_id=a.event_id(self.site_id)))
