@@ -15,8 +15,8 @@ from gateway.ads.audience import AudienceNow
 from gateway.ads.model import Screen
 from gateway.ads.plays import PlayRecord, PlaysStore, to_ms
 from gateway.ads.scorer import ScreenState
-from gateway.ads.service import (CROWD_HIGH_FROM, CROWD_LOW_BELOW, LIVE_GAP_S, LIVE_HORIZON_S, LIVE_PRESENCE_S,
-                                 AdsService, _crowd)
+from gateway.ads.service import (CROWD_HIGH_FROM, CROWD_LOW_BELOW, LIVE_GAP_S, LIVE_HORIZON_S, LIVE_MAX_AGE_S,
+                                 LIVE_PRESENCE_S, AdsService, _crowd)
 from gateway.ads.store import AdsStore, AdsSyncError
 from gateway.bus import EventBus
 from gateway.commands import CommandError
@@ -462,8 +462,9 @@ class FakeMeter:
         self.now = AudienceNow(audience, dwell_s)
         self.calls = 0
 
-    def current(self, now=None):
+    def current(self, now=None, max_age_s=None):
         self.calls += 1
+        self.asked = (now, max_age_s)
         return self.now
 
 
@@ -528,6 +529,8 @@ def test_door_opened_interrupt_gets_the_crowd_of_the_screens_camera(tmp_path):
                 await h.settle()
                 got.append((await asyncio.wait_for(gate.get(), 5))[1]["campaign_id"])
             assert got == ["gate-busy", "gate-busy", "gate", "gate"]
+            # Asked at the service's clock, the camera's latest frame counting if recent enough.
+            assert meter.asked == (clock.now.timestamp(), LIVE_MAX_AGE_S)
 
     run(main())
 

@@ -356,6 +356,9 @@ def test_current_audience_and_dwell(standing):
     now = meter.current()
     assert now.audience == 1 and now.dwell_s == pytest.approx(1.0, abs=1e-6)
     assert meter.current(now=T0 + 1.0 + 0.6) == (0, 0.0)  # no frame for longer than max_gap_s: stale
+    # With max_age_s: the latest frame's faces while that frame is recent enough (a worker behind).
+    assert meter.current(now=T0 + 1.0 + 2.5, max_age_s=3.0) == (1, pytest.approx(1.0, abs=1e-6))
+    assert meter.current(now=T0 + 1.0 + 3.5, max_age_s=3.0) == (0, 0.0)  # the camera stopped
     meter.observe(detections(), T0 + 1.1)
     assert meter.current() == (1, pytest.approx(1.0, abs=1e-6))  # one frame missing the face: still there
     meter.observe(detections(), T0 + 1.7)

@@ -378,12 +378,20 @@ class AudienceMeter:
                     peak = max(peak, count)
             return Audience(impressions, attention, peak, frames)
 
-    def current(self, now: float | None = None) -> AudienceNow:
+    def current(self, now: float | None = None, max_age_s: float | None = None) -> AudienceNow:
         """The faces facing the screen at their latest observation, if that was within `max_gap_s`
-        of `now` (default: the latest frame's time), and the mean of their facing seconds so far."""
+        of `now` (default: the latest frame's time), and the mean of their facing seconds so far.
+
+        With `max_age_s`: the faces of the latest analysed frame, provided that frame is at most
+        `max_age_s` older than `now` (else nobody: the camera or its worker stopped). A worker a
+        little behind on a busy machine then still counts the people in front of the screen."""
         with self._lock:
             if self._last_t is None:
                 return AudienceNow(0, 0.0)
+            if max_age_s is not None:
+                if now is not None and float(now) - self._last_t > max_age_s:
+                    return AudienceNow(0, 0.0)
+                now = None
             now = self._last_t if now is None else float(now)
             dwell = [w.total_s for w in self._watches.values()
                      if w.facing and now - self.max_gap_s <= w.last_seen <= now]

@@ -85,6 +85,7 @@ LIVE_HORIZON_S = 120.0  # the scorer gets the live audience for spots starting t
 LIVE_CHECK_S = 2.0  # seconds between looks at each screen's live context (live spots)
 LIVE_GAP_S = 30.0  # the least time between the starts of two live spots on one screen
 LIVE_PRESENCE_S = 30.0  # a member who opened a screen's door counts as present this long
+LIVE_MAX_AGE_S = 3.0  # the camera's latest analysed frame is "now" if at most this old (else nobody)
 
 
 @dataclass(eq=False)
@@ -402,7 +403,7 @@ class AdsService:
         if meter is None:
             return None
         try:
-            now = meter.current(self.clock().timestamp())  # faces seen just now: none if the camera is down
+            now = meter.current(self.clock().timestamp(), max_age_s=LIVE_MAX_AGE_S)  # none if the camera is down
             audience = max(0, int(now.audience))
             return ScreenState(screen_id, audience=audience, dwell_s=float(now.dwell_s), crowd=_crowd(audience))
         except Exception:
@@ -527,7 +528,7 @@ class AdsService:
         if meter is None:
             return None
         try:
-            return _crowd(meter.current(self.clock().timestamp()).audience)
+            return _crowd(meter.current(self.clock().timestamp(), max_age_s=LIVE_MAX_AGE_S).audience)
         except Exception:
             log.exception("screen %s: the audience meter failed; crowd unknown", screen_id)
             return None
