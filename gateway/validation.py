@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema
@@ -25,6 +26,16 @@ def parse_duration(value: Any) -> float:
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
+
+
+def duplicates(keys: Iterable) -> list:
+    """The keys that occur again in `keys`, in the order they repeat (a key seen n times: n - 1 times)."""
+    seen, repeated = set(), []
+    for key in keys:
+        if key in seen:
+            repeated.append(key)
+        seen.add(key)
+    return repeated
 
 
 # Editors see what the file may hold (30, "30s", "5m"), not the float it becomes.

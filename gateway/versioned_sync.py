@@ -11,18 +11,20 @@ A set is sent as a message `{"version": N, "mode": "snapshot" | "delta", ...}`:
   of the message as sent, keys sorted), and the same version with other content is refused.
 
 `VersionedSync` is the pydantic base of such a message (it remembers the digest of the input it was
-built from), `check_order` the decision, `describe` a short text of a pydantic ValidationError.
+built from), `check_order` the decision, `describe` a short text of a pydantic ValidationError, and
+`VersionedStore` the SQLite store that applies such messages.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from .commands import CommandError
+from .sqlite import SQLiteStore
 from .validation import StrictModel
 
 MAX_ERRORS_SHOWN = 5
@@ -87,3 +89,57 @@ def describe(exc: ValidationError) -> str:
         parts.append(f"{location}: {err['msg']}")
     more = exc.error_count() - len(parts)
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+class VersionedStore(SQLiteStore):
+    """A store that holds one versioned set: `{PREFIX}_meta` keeps its version and digest, and
+    `apply` applies a parsed message by the rules above in one transaction (a refused one changes
+    nothing). A subclass names `PREFIX`, the `TABLES` a snapshot empties (without the prefix) and its
+    `ERROR` class, and writes with `_remove(sync)` (a delta's removals), `_upsert(sync)`,
+    `_check_references()` (raises `ERROR` when the result is inconsistent) and `_counts()`."""
+
+    PREFIX: str
+    TABLES: tuple[str, ...]
+    ERROR: type[VersionedSyncError] = VersionedSyncError
+
+    def _meta(self, name: str) -> str | None:
+        row = self._conn.execute(f"SELECT value FROM {self.PREFIX}_meta WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    @property
+    def version(self) -> int:
+        """The version of the set held; 0 before the first sync."""
+        with self._lock:
+            return int(self._meta("version") or 0)
+
+    def apply(self, sync: VersionedSync) -> dict:
+        """Apply a parsed sync: `{"version", "applied", **_counts()}`, or `ERROR` with nothing applied."""
+        digest = sync._digest
+        if not digest:
+            raise ValueError(f"build the {type(sync).__name__} from the message (parse_sync), not field by field")
+        with self._writing() as conn:
+            current = int(self._meta("version") or 0)
+            applied = check_order(sync.version, sync.mode, current, self._meta("digest"), digest, self.ERROR)
+            if applied:
+                if sync.mode == "snapshot":
+                    for table in self.TABLES:
+                        conn.execute(f"DELETE FROM {self.PREFIX}_{table}")
+                else:
+                    self._remove(sync)
+                self._upsert(sync)
+                self._check_references()
+                conn.executemany(f"INSERT OR REPLACE INTO {self.PREFIX}_meta (name, value) VALUES (?, ?)",
+                                 [("version", str(sync.version)), ("digest", digest)])
+            return {"version": sync.version if applied else current, "applied": applied, **self._counts()}
+
+    def _remove(self, sync: Any) -> None:
+        raise NotImplementedError
+
+    def _upsert(self, sync: Any) -> None:
+        raise NotImplementedError
+
+    def _check_references(self) -> None:
+        raise NotImplementedError
+
+    def _counts(self) -> dict[str, int]:
+        raise NotImplementedError

@@ -27,16 +27,13 @@ Rules it keeps:
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import Literal, Self
 
 import sqlite_utils
 from pydantic import ValidationError, model_validator
 
-from ..sqlite import open_database
-from ..validation import StrictModel
-from ..versioned_sync import MAX_ERRORS_SHOWN, VersionedSync, VersionedSyncError, check_order, describe
+from ..validation import StrictModel, duplicates
+from ..versioned_sync import MAX_ERRORS_SHOWN, VersionedStore, VersionedSync, VersionedSyncError, describe
 from .rules import AccessPolicy, AntiPassback, Credential, DoorRule, PassageState, Person
 
 class SyncError(VersionedSyncError):
@@ -58,15 +55,6 @@ class Removals(StrictModel):
         return not (self.persons or self.credentials or self.rules or self.anti_passback)
 
 
-def _duplicates(keys) -> list:
-    seen, repeated = set(), []
-    for key in keys:
-        if key in seen:
-            repeated.append(key)
-        seen.add(key)
-    return repeated
-
-
 class AccessSync(VersionedSync):
     """The body of an `access.sync` command (`version`, `mode` and the digest: gateway.versioned_sync)."""
 
@@ -84,7 +72,7 @@ class AccessSync(VersionedSync):
                            ("credential value", [c.value for c in self.credentials]),
                            ("rule_id", [r.rule_id for r in self.rules]),
                            ("anti_passback pair", [a.key for a in self.anti_passback])):
-            repeated = _duplicates(keys)
+            repeated = duplicates(keys)
             if repeated:
                 raise ValueError(f"{what} given more than once: {repeated[:MAX_ERRORS_SHOWN]}")
         return self
@@ -116,13 +104,15 @@ def apply_to_policy(sync: AccessSync, policy: AccessPolicy) -> AccessPolicy:
     return policy
 
 
-class AccessStore:
+class AccessStore(VersionedStore):
+    PREFIX = "access"
+    TABLES = ("persons", "credentials", "rules", "anti_passback")  # what a snapshot replaces
+    ERROR = SyncError
+
     def __init__(self, path: str | Path, synchronous: str = "full"):
-        self.path = Path(path)
-        conn = open_database(self.path, synchronous)
-        self._db = sqlite_utils.Database(conn)
-        self._conn = conn
-        self._lock = threading.Lock()  # apply_sync may run in a worker thread, load_policy in another
+        # `_lock`: apply_sync may run in a worker thread, load_policy in another.
+        super().__init__(path, synchronous)
+        self._db = sqlite_utils.Database(self._conn)
         self._create_schema(self._db)
 
     @staticmethod
@@ -148,26 +138,6 @@ class AccessStore:
                                           pk=("device", "reader", "serial"), if_not_exists=True)
         db["access_terminal_seen"].create_index(["at"], if_not_exists=True)
 
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _meta(self, name: str) -> str | None:
-        row = self._conn.execute("SELECT value FROM access_meta WHERE name = ?", (name,)).fetchone()
-        return row[0] if row else None
-
-    @property
-    def version(self) -> int:
-        """The version of the set held; 0 before the first sync."""
-        with self._lock:
-            return int(self._meta("version") or 0)
-
     def counts(self) -> dict[str, int]:
         with self._lock:
             return self._counts()
@@ -180,41 +150,8 @@ class AccessStore:
         """Apply an `access.sync` body; the ack's result, or SyncError with nothing applied."""
         return self.apply(parse_sync(message))
 
-    def apply(self, sync: AccessSync) -> dict:
-        """Apply a parsed sync in one transaction: `{"version", "applied", <table>: rows}`."""
-        digest = sync._digest
-        if not digest:
-            raise ValueError("build the AccessSync from the message (parse_sync), not field by field")
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                current = int(self._meta("version") or 0)
-                applied = self._check_order(sync, current, digest)
-                if applied:
-                    if sync.mode == "snapshot":
-                        for name in ("persons", "credentials", "rules", "anti_passback"):
-                            conn.execute(f"DELETE FROM access_{name}")
-                    else:
-                        self._remove(sync.remove)
-                    self._upsert(sync)
-                    self._check_references()
-                    conn.executemany("INSERT OR REPLACE INTO access_meta (name, value) VALUES (?, ?)",
-                                     [("version", str(sync.version)), ("digest", digest)])
-                result = {"version": sync.version if applied else current, "applied": applied,
-                          **self._counts()}
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return result
-
-    def _check_order(self, sync: AccessSync, current: int, digest: str) -> bool:
-        """True to apply, False for an idempotent repeat; SyncError when out of order."""
-        return check_order(sync.version, sync.mode, current, self._meta("digest"), digest, SyncError)
-
-    def _remove(self, remove: Removals) -> None:
-        conn = self._conn
+    def _remove(self, sync: AccessSync) -> None:
+        remove, conn = sync.remove, self._conn
         persons = [(p,) for p in remove.persons]
         conn.executemany("DELETE FROM access_credentials WHERE person_id = ?", persons)
         conn.executemany("DELETE FROM access_rules WHERE person_id = ?", persons)
@@ -250,24 +187,17 @@ class AccessStore:
                    seen: list[tuple[str, str, str, str]] = ()) -> None:
         """Record decisions `(at, door, method, person_id, granted, reason)` and terminal record
         numbers `(device, reader, serial, at)` in one transaction."""
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany("INSERT INTO access_log (at, door, method, person_id, granted, reason) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)", [(a, d, m, p, int(g), r) for a, d, m, p, g, r in decisions])
-                conn.executemany("INSERT OR IGNORE INTO access_terminal_seen (device, reader, serial, at) "
-                                 "VALUES (?, ?, ?, ?)", list(seen))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._writing() as conn:
+            conn.executemany("INSERT INTO access_log (at, door, method, person_id, granted, reason) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", [(a, d, m, p, int(g), r) for a, d, m, p, g, r in decisions])
+            conn.executemany("INSERT OR IGNORE INTO access_terminal_seen (device, reader, serial, at) "
+                             "VALUES (?, ?, ?, ?)", list(seen))
 
     def prune_log(self, before: str) -> int:
         """Forget decisions and terminal record numbers older than `before` (an ISO UTC time)."""
-        with self._lock:
-            removed = self._conn.execute("DELETE FROM access_log WHERE at < ?", (before,)).rowcount
-            self._conn.execute("DELETE FROM access_terminal_seen WHERE at < ?", (before,))
+        with self._writing() as conn:
+            removed = conn.execute("DELETE FROM access_log WHERE at < ?", (before,)).rowcount
+            conn.execute("DELETE FROM access_terminal_seen WHERE at < ?", (before,))
         return removed
 
     def log_entries(self, door: str | None = None, person_id: str | None = None, limit: int = 100) -> list[dict]:
@@ -296,16 +226,11 @@ class AccessStore:
 
     def load_policy(self, passages: PassageState | None = None) -> AccessPolicy:
         """The stored set as an AccessPolicy; pass the old policy's `passages` to keep anti-passback state."""
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN")  # one consistent read of all four tables
-            try:
-                persons = [Person.model_validate_json(b) for (b,) in conn.execute("SELECT body FROM access_persons")]
-                credentials = [Credential.model_validate_json(b)
-                               for (b,) in conn.execute("SELECT body FROM access_credentials")]
-                rules = [DoorRule.model_validate_json(b) for (b,) in conn.execute("SELECT body FROM access_rules")]
-                pairs = [AntiPassback.model_validate_json(b)
-                         for (b,) in conn.execute("SELECT body FROM access_anti_passback")]
-            finally:
-                conn.execute("COMMIT")
+        with self._reading() as conn:  # one consistent read of all four tables
+            persons = [Person.model_validate_json(b) for (b,) in conn.execute("SELECT body FROM access_persons")]
+            credentials = [Credential.model_validate_json(b)
+                           for (b,) in conn.execute("SELECT body FROM access_credentials")]
+            rules = [DoorRule.model_validate_json(b) for (b,) in conn.execute("SELECT body FROM access_rules")]
+            pairs = [AntiPassback.model_validate_json(b)
+                     for (b,) in conn.execute("SELECT body FROM access_anti_passback")]
         return AccessPolicy(persons, credentials, rules, pairs, passages)

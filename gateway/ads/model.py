@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ..access.rules import DAY_SECONDS, WEEKDAYS, TimeWindow, clock_seconds
-from ..validation import Duration, StrictModel
+from ..validation import Duration, StrictModel, duplicates
 from ..versioned_sync import MAX_ERRORS_SHOWN, VersionedSync
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -212,15 +212,6 @@ class Removals(StrictModel):
         return not (self.creatives or self.campaigns)
 
 
-def _duplicates(keys) -> list:
-    seen, repeated = set(), []
-    for key in keys:
-        if key in seen:
-            repeated.append(key)
-        seen.add(key)
-    return repeated
-
-
 class AdsSync(VersionedSync):
     """The body of an `ads.sync` command."""
 
@@ -236,7 +227,7 @@ class AdsSync(VersionedSync):
             raise ValueError("a snapshot replaces everything: `remove` must be empty")
         for what, keys in (("creative_id", [c.creative_id for c in self.creatives]),
                            ("campaign_id", [c.campaign_id for c in self.campaigns])):
-            repeated = _duplicates(keys)
+            repeated = duplicates(keys)
             if repeated:
                 raise ValueError(f"{what} given more than once: {repeated[:MAX_ERRORS_SHOWN]}")
         if self.mode == "snapshot":

@@ -34,7 +34,6 @@ the service (`AdsService.aggregate`) decides when an hour is complete and publis
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ..events import utc_timestamp
-from ..sqlite import open_database
+from ..sqlite import SQLiteStore
 
 HOUR_MS = 3_600_000
 PLAYED_NAMESPACE = uuid.UUID("3b0c8a7e-5f1d-4c52-9d7e-2a1f6b9e4c31")  # ad.played event ids (uuid5)
@@ -124,28 +123,21 @@ def from_ms(ms: int) -> str:
     return utc_timestamp(datetime.fromtimestamp(ms / 1000, timezone.utc))
 
 
-class PlaysStore:
+def iso_to_ms(text: str) -> int:
+    """UTC epoch milliseconds of an ISO-8601 time with a zone (`Z` allowed)."""
+    return to_ms(datetime.fromisoformat(text.replace("Z", "+00:00")))
+
+
+class PlaysStore(SQLiteStore):
     """`plays.db`: proof-of-play records, the groups not yet reported and what was reported."""
 
     def __init__(self, path: str | Path, synchronous: str = "full"):
-        self.path = Path(path)
-        conn = open_database(self.path, synchronous)
+        super().__init__(path, synchronous)
+        conn = self._conn
         conn.executescript(_SCHEMA)
         columns = {row[1] for row in conn.execute("PRAGMA table_info(plays_reported)")}
         if "final" not in columns:  # a plays.db from before interim reports: all its reports were final
             conn.execute("ALTER TABLE plays_reported ADD COLUMN final INTEGER NOT NULL DEFAULT 1")
-        self._conn = conn
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> "PlaysStore":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # ------------------------------------------------------------------------------- records
 
@@ -154,28 +146,21 @@ class PlaysStore:
         any screen, or earlier in the same batch) is a duplicate and changes nothing."""
         now_ms = to_ms(datetime.now(timezone.utc)) if now_ms is None else now_ms
         accepted = duplicates = 0
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for r in records:
-                    hour_ms = r.start_ms // HOUR_MS * HOUR_MS
-                    campaign = r.campaign_id or ""
-                    inserted = conn.execute(
-                        "INSERT OR IGNORE INTO plays (play_id, screen, creative_id, campaign_id, start_ms, end_ms, "
-                        "hour_ms, impressions, attention_s, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (r.play_id, screen, r.creative_id, campaign, r.start_ms, r.end_ms, hour_ms, r.impressions,
-                         r.attention_s, now_ms)).rowcount
-                    if inserted:
-                        accepted += 1
-                        conn.execute("INSERT OR IGNORE INTO plays_pending (screen, creative_id, campaign_id, hour_ms) "
-                                     "VALUES (?, ?, ?, ?)", (screen, r.creative_id, campaign, hour_ms))
-                    else:
-                        duplicates += 1
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._writing() as conn:
+            for r in records:
+                hour_ms = r.start_ms // HOUR_MS * HOUR_MS
+                campaign = r.campaign_id or ""
+                inserted = conn.execute(
+                    "INSERT OR IGNORE INTO plays (play_id, screen, creative_id, campaign_id, start_ms, end_ms, "
+                    "hour_ms, impressions, attention_s, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (r.play_id, screen, r.creative_id, campaign, r.start_ms, r.end_ms, hour_ms, r.impressions,
+                     r.attention_s, now_ms)).rowcount
+                if inserted:
+                    accepted += 1
+                    conn.execute("INSERT OR IGNORE INTO plays_pending (screen, creative_id, campaign_id, hour_ms) "
+                                 "VALUES (?, ?, ?, ?)", (screen, r.creative_id, campaign, hour_ms))
+                else:
+                    duplicates += 1
         return accepted, duplicates
 
     def count(self) -> int:
@@ -211,58 +196,46 @@ class PlaysStore:
         `interim_before_ms`, also interim reports (`final` False) of the changed groups of the
         later hours that started before it."""
         out = []
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN")
-            try:
-                keys = conn.execute(
-                    "SELECT screen, creative_id, campaign_id, hour_ms FROM plays_pending WHERE hour_ms + ? <= ? "
-                    "UNION SELECT screen, creative_id, campaign_id, hour_ms FROM plays_reported "
-                    "WHERE final = 0 AND hour_ms + ? <= ?",
-                    (HOUR_MS, complete_before_ms, HOUR_MS, complete_before_ms)).fetchall()
-                if interim_before_ms is not None:
-                    keys += conn.execute(
-                        "SELECT screen, creative_id, campaign_id, hour_ms FROM plays_pending "
-                        "WHERE hour_ms + ? > ? AND hour_ms < ?",
-                        (HOUR_MS, complete_before_ms, interim_before_ms)).fetchall()
-                keys.sort(key=lambda k: (k[3], k[0], k[1], k[2]))
-                for screen, creative_id, campaign, hour_ms in keys:
-                    plays, seconds, impressions, attention = self._totals(screen, creative_id, campaign, hour_ms)
-                    row = conn.execute("SELECT revision FROM plays_reported WHERE screen = ? AND creative_id = ? "
-                                       "AND campaign_id = ? AND hour_ms = ?",
-                                       (screen, creative_id, campaign, hour_ms)).fetchone()
-                    if not plays:  # pruned meanwhile
-                        continue
-                    out.append(Aggregate(screen, creative_id, campaign or None, hour_ms, plays, seconds, impressions,
-                                         attention, 0 if row is None else row[0] + 1,
-                                         final=hour_ms + HOUR_MS <= complete_before_ms))
-            finally:
-                conn.execute("COMMIT")
+        with self._reading() as conn:
+            keys = conn.execute(
+                "SELECT screen, creative_id, campaign_id, hour_ms FROM plays_pending WHERE hour_ms + ? <= ? "
+                "UNION SELECT screen, creative_id, campaign_id, hour_ms FROM plays_reported "
+                "WHERE final = 0 AND hour_ms + ? <= ?",
+                (HOUR_MS, complete_before_ms, HOUR_MS, complete_before_ms)).fetchall()
+            if interim_before_ms is not None:
+                keys += conn.execute(
+                    "SELECT screen, creative_id, campaign_id, hour_ms FROM plays_pending "
+                    "WHERE hour_ms + ? > ? AND hour_ms < ?",
+                    (HOUR_MS, complete_before_ms, interim_before_ms)).fetchall()
+            keys.sort(key=lambda k: (k[3], k[0], k[1], k[2]))
+            for screen, creative_id, campaign, hour_ms in keys:
+                plays, seconds, impressions, attention = self._totals(screen, creative_id, campaign, hour_ms)
+                row = conn.execute("SELECT revision FROM plays_reported WHERE screen = ? AND creative_id = ? "
+                                   "AND campaign_id = ? AND hour_ms = ?",
+                                   (screen, creative_id, campaign, hour_ms)).fetchone()
+                if not plays:  # pruned meanwhile
+                    continue
+                out.append(Aggregate(screen, creative_id, campaign or None, hour_ms, plays, seconds, impressions,
+                                     attention, 0 if row is None else row[0] + 1,
+                                     final=hour_ms + HOUR_MS <= complete_before_ms))
         return out
 
     def mark_reported(self, aggregates: Iterable[Aggregate], now_ms: int) -> None:
         """Remember what was published and clear those groups' pending marks, in one transaction.
         A group that received more plays since `due` read it stays pending (its totals differ)."""
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for a in aggregates:
-                    campaign = a.campaign_id or ""
-                    conn.execute(
-                        "INSERT OR REPLACE INTO plays_reported (screen, creative_id, campaign_id, hour_ms, revision, "
-                        "plays, seconds, impressions, attention_s, reported_ms, final) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (a.screen, a.creative_id, campaign, a.hour_ms, a.revision, a.plays, a.seconds,
-                         a.impressions, a.attention_s, now_ms, int(a.final)))
-                    plays = self._totals(a.screen, a.creative_id, campaign, a.hour_ms)[0]
-                    if plays == a.plays:
-                        conn.execute("DELETE FROM plays_pending WHERE screen = ? AND creative_id = ? AND "
-                                     "campaign_id = ? AND hour_ms = ?", (a.screen, a.creative_id, campaign, a.hour_ms))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._writing() as conn:
+            for a in aggregates:
+                campaign = a.campaign_id or ""
+                conn.execute(
+                    "INSERT OR REPLACE INTO plays_reported (screen, creative_id, campaign_id, hour_ms, revision, "
+                    "plays, seconds, impressions, attention_s, reported_ms, final) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (a.screen, a.creative_id, campaign, a.hour_ms, a.revision, a.plays, a.seconds,
+                     a.impressions, a.attention_s, now_ms, int(a.final)))
+                plays = self._totals(a.screen, a.creative_id, campaign, a.hour_ms)[0]
+                if plays == a.plays:
+                    conn.execute("DELETE FROM plays_pending WHERE screen = ? AND creative_id = ? AND "
+                                 "campaign_id = ? AND hour_ms = ?", (a.screen, a.creative_id, campaign, a.hour_ms))
 
     def reported(self, from_ms: int | None = None, to_ms: int | None = None, *,
                  reported_since_ms: int | None = None) -> list[Aggregate]:
@@ -289,15 +262,8 @@ class PlaysStore:
         """Forget the hours that ended at or before horizon_ms: their plays, reports and pending marks
         (whole hours, so that an hour is never reported again from part of its plays)."""
         first_kept = horizon_ms // HOUR_MS * HOUR_MS
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                removed = conn.execute("DELETE FROM plays WHERE hour_ms < ?", (first_kept,)).rowcount
-                conn.execute("DELETE FROM plays_reported WHERE hour_ms < ?", (first_kept,))
-                conn.execute("DELETE FROM plays_pending WHERE hour_ms < ?", (first_kept,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._writing() as conn:
+            removed = conn.execute("DELETE FROM plays WHERE hour_ms < ?", (first_kept,)).rowcount
+            conn.execute("DELETE FROM plays_reported WHERE hour_ms < ?", (first_kept,))
+            conn.execute("DELETE FROM plays_pending WHERE hour_ms < ?", (first_kept,))
         return removed

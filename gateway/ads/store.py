@@ -21,14 +21,11 @@ campaign naming an unknown creative, or removing a creative a campaign still pla
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
-from typing import Self
 
 from pydantic import ValidationError
 
-from ..sqlite import open_database
-from ..versioned_sync import MAX_ERRORS_SHOWN, VersionedSyncError, check_order, describe
+from ..versioned_sync import MAX_ERRORS_SHOWN, VersionedStore, VersionedSyncError, describe
 from .model import AdsCatalog, AdsSync, Campaign, Creative
 
 
@@ -56,33 +53,14 @@ CREATE TABLE IF NOT EXISTS ads_default_loop (position INTEGER PRIMARY KEY, creat
 """
 
 
-class AdsStore:
+class AdsStore(VersionedStore):
+    PREFIX = "ads"
+    TABLES = ("creatives", "campaigns", "campaign_creatives", "default_loop")  # what a snapshot replaces
+    ERROR = AdsSyncError
+
     def __init__(self, path: str | Path, synchronous: str = "full"):
-        self.path = Path(path)
-        conn = open_database(self.path, synchronous)
-        conn.executescript(_SCHEMA)
-        self._conn = conn
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _meta(self, name: str) -> str | None:
-        row = self._conn.execute("SELECT value FROM ads_meta WHERE name = ?", (name,)).fetchone()
-        return row[0] if row else None
-
-    @property
-    def version(self) -> int:
-        """The version of the catalog held; 0 before the first sync."""
-        with self._lock:
-            return int(self._meta("version") or 0)
+        super().__init__(path, synchronous)
+        self._conn.executescript(_SCHEMA)
 
     def _counts(self) -> dict[str, int]:
         return {name: self._conn.execute(f"SELECT count(*) FROM ads_{name}").fetchone()[0]
@@ -91,35 +69,6 @@ class AdsStore:
     def apply_sync(self, message: dict) -> dict:
         """Apply an `ads.sync` body: the ack's result, or AdsSyncError with nothing applied."""
         return self.apply(parse_sync(message))
-
-    def apply(self, sync: AdsSync) -> dict:
-        """Apply a parsed sync in one transaction: `{"version", "applied", "creatives", "campaigns"}`."""
-        digest = sync._digest
-        if not digest:
-            raise ValueError("build the AdsSync from the message (parse_sync), not field by field")
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                current = int(self._meta("version") or 0)
-                applied = check_order(sync.version, sync.mode, current, self._meta("digest"), digest,
-                                      AdsSyncError)
-                if applied:
-                    if sync.mode == "snapshot":
-                        for table in ("creatives", "campaigns", "campaign_creatives", "default_loop"):
-                            conn.execute(f"DELETE FROM ads_{table}")
-                    else:
-                        self._remove(sync)
-                    self._upsert(sync)
-                    self._check_references()
-                    conn.executemany("INSERT OR REPLACE INTO ads_meta (name, value) VALUES (?, ?)",
-                                     [("version", str(sync.version)), ("digest", digest)])
-                result = {"version": sync.version if applied else current, "applied": applied, **self._counts()}
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return result
 
     def _remove(self, sync: AdsSync) -> None:
         conn = self._conn
@@ -156,18 +105,13 @@ class AdsStore:
 
     def load(self) -> AdsCatalog:
         """The stored catalog (one consistent read)."""
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN")
-            try:
-                version = int(self._meta("version") or 0)
-                creatives = [Creative.model_validate_json(b)
-                             for (b,) in conn.execute("SELECT body FROM ads_creatives ORDER BY creative_id")]
-                campaigns = [Campaign.model_validate_json(b)
-                             for (b,) in conn.execute("SELECT body FROM ads_campaigns ORDER BY campaign_id")]
-                loop = tuple(c for (c,) in conn.execute("SELECT creative_id FROM ads_default_loop ORDER BY position"))
-            finally:
-                conn.execute("COMMIT")
+        with self._reading() as conn:
+            version = int(self._meta("version") or 0)
+            creatives = [Creative.model_validate_json(b)
+                         for (b,) in conn.execute("SELECT body FROM ads_creatives ORDER BY creative_id")]
+            campaigns = [Campaign.model_validate_json(b)
+                         for (b,) in conn.execute("SELECT body FROM ads_campaigns ORDER BY campaign_id")]
+            loop = tuple(c for (c,) in conn.execute("SELECT creative_id FROM ads_default_loop ORDER BY position"))
         return AdsCatalog({c.creative_id: c for c in creatives}, {c.campaign_id: c for c in campaigns},
                           loop, version)
 

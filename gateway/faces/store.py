@@ -44,11 +44,10 @@ import logging
 import os
 import re
 import sqlite3
-import threading
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sqlite_utils
@@ -64,6 +63,7 @@ from pydantic import (
     model_validator,
 )
 
+from ..sqlite import SQLiteStore
 from ..validation import StrictModel
 
 if TYPE_CHECKING:
@@ -176,10 +176,6 @@ def key_from_text(text: str) -> bytes:
     return key
 
 
-def key_to_text(key: bytes) -> str:
-    return base64.b64encode(key).decode("ascii")
-
-
 def _read_key_file(path: Path) -> bytes:
     info = path.stat()
     if info.st_mode & 0o077:
@@ -256,11 +252,12 @@ def _template_aad(person_id: str, model: str) -> bytes:
     return b"%s\x00%d:%s%d:%s" % (_TEMPLATE_AAD, len(person), person, len(name), name)
 
 
-class FaceStore:
+class FaceStore(SQLiteStore):
     """Encrypted face templates, consent records and the audit log in one SQLite file (WAL).
 
-    Thread-safe: one connection, one lock. Other processes (the command line while the gateway
-    runs) may use the same file at the same time; SQLite serialises the writers.
+    Thread-safe: one connection, one lock (`SQLiteStore`). Other processes (the command line while
+    the gateway runs) may use the same file at the same time; SQLite serialises the writers. Unlike
+    other stores it refuses `synchronous: off`, zeroes freed pages, and refuses use once closed.
     """
 
     def __init__(self, path: str | Path, key: bytes, synchronous: str = "full"):
@@ -268,23 +265,19 @@ class FaceStore:
             raise FaceStoreKeyError(f"the face store key must be {KEY_BYTES} bytes")
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be normal, full or extra, got {synchronous!r}")
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
             # Created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the same mode.
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._aead = AESGCM(bytes(key))
         self._mac_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
                              info=b"gateway.faces/audit-head").derive(bytes(key))
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        super().__init__(path, synchronous)
+        conn = self._conn
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed: erased data is gone
-            self._conn = conn
             self._db = sqlite_utils.Database(conn)
-            self._lock = threading.Lock()
             self._closed = False
             self._create_schema()
             with self._transaction():
@@ -344,7 +337,10 @@ class FaceStore:
 
     @contextmanager
     def _transaction(self):
-        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any error): a change and its audit row together."""
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any error): a change and its audit row together.
+
+        Unlike `SQLiteStore._writing`, it does not take the lock: its callers hold it already (to
+        check that the store is open, and `delete_person` to checkpoint after the commit)."""
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -397,6 +393,8 @@ class FaceStore:
     def _ensure_open(self) -> None:
         if self._closed:
             raise FaceStoreError(f"the face store {self.path} is closed")
+
+    _check_open = _ensure_open  # SQLiteStore's transactions check under the lock, as before
 
     # -------------------------------------------------------------------------------- changes
 
@@ -512,16 +510,11 @@ class FaceStore:
         """
         from .gallery import FaceGallery
 
-        with self._lock:
-            self._ensure_open()
-            self._conn.execute("BEGIN")
-            try:
-                rows = self._conn.execute(
-                    "SELECT t.person_id, t.model, t.dim, t.sealed, c.body FROM face_templates t "
-                    "LEFT JOIN face_consents c ON c.person_id = t.person_id "
-                    "ORDER BY t.person_id, t.model, t.template_no").fetchall()
-            finally:
-                self._conn.execute("COMMIT")
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT t.person_id, t.model, t.dim, t.sealed, c.body FROM face_templates t "
+                "LEFT JOIN face_consents c ON c.person_id = t.person_id "
+                "ORDER BY t.person_id, t.model, t.template_no").fetchall()
         other_models: dict[str, set[str]] = {}
         skipped_purpose, no_consent = set(), set()
         covered: dict[str, bool] = {}  # person -> consent covers the purpose (parsed once per person)
@@ -631,6 +624,12 @@ class FaceStore:
                  "detail": json.loads(detail), "prev_hash": prev_hash, "hash": digest}
                 for seq, at, action, person_id, actor, detail, prev_hash, digest in rows]
 
+    def count_audit_entries(self) -> int:
+        """How many rows the audit log holds (without reading them)."""
+        with self._lock:
+            self._ensure_open()
+            return self._conn.execute("SELECT count(*) FROM face_audit").fetchone()[0]
+
     def verify_audit(self) -> tuple[bool, str | None]:
         """(True, None) if the audit log is whole; else (False, what is wrong and where).
 
@@ -638,15 +637,10 @@ class FaceStore:
         hash, that each row's hash matches its content, and that the last row is the head recorded
         (with an HMAC under the store's key) by the last change, so a truncated log is found too.
         """
-        with self._lock:
-            self._ensure_open()
-            self._conn.execute("BEGIN")
-            try:
-                rows = self._conn.execute("SELECT seq, at, action, person_id, actor, detail, prev_hash, hash "
-                                          "FROM face_audit ORDER BY seq").fetchall()
-                head = self._meta("audit_head")
-            finally:
-                self._conn.execute("COMMIT")
+        with self._reading() as conn:
+            rows = conn.execute("SELECT seq, at, action, person_id, actor, detail, prev_hash, hash "
+                                "FROM face_audit ORDER BY seq").fetchall()
+            head = self._meta("audit_head")
         expected_seq, prev = 1, GENESIS_HASH
         for seq, at, action, person_id, actor, detail, prev_hash, digest in rows:
             if seq != expected_seq:
@@ -677,12 +671,6 @@ class FaceStore:
             if not self._closed:
                 self._closed = True
                 self._conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 # ------------------------------------------------------------------------------- from a config

@@ -36,14 +36,14 @@ import uuid
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Literal, Self
+from typing import Literal
 
 import sqlite_utils
 from pydantic import Field, ValidationError, model_validator
 
 from ..commands import CommandError
 from ..events import utc_timestamp
-from ..sqlite import open_database
+from ..sqlite import SQLiteStore
 from ..validation import StrictModel
 
 log = logging.getLogger("gateway.points")
@@ -152,13 +152,10 @@ def parse_points_sync(message: object) -> PointsSync:
 # ----------------------------------------------------------------------------------- the ledger
 
 
-class PointsLedger:
+class PointsLedger(SQLiteStore):
     def __init__(self, path: str | Path, synchronous: str = "full"):
-        self.path = Path(path)
-        conn = open_database(self.path, synchronous)
-        self._conn = conn
-        self._lock = threading.Lock()  # writes: one transaction at a time
-        self._create_schema(conn)
+        super().__init__(path, synchronous)  # `_lock`: writes, one transaction at a time
+        self._create_schema(self._conn)
         reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         reader.execute("PRAGMA busy_timeout=30000")
         self._reader = reader
@@ -196,15 +193,9 @@ class PointsLedger:
         db["points_codes"].create_index(["member_id"], if_not_exists=True)
 
     def close(self) -> None:
-        with self._lock, self._read_lock:
-            self._conn.close()
+        with self._read_lock:
             self._reader.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        super().close()
 
     # ------------------------------------------------------------------------------ reads
 
@@ -282,9 +273,6 @@ class PointsLedger:
 
     # ------------------------------------------------------------------------------ writes
 
-    def _transaction(self):
-        return _Transaction(self._conn, self._lock)
-
     def _insert(self, conn: sqlite3.Connection, *, key: str, member_id: str, points: int, reason: Reason,
                 store: str | None, receipt_no: str | None, door: str | None, day: str, rule: str,
                 amount: str | None = None, refers_to: int | None = None) -> Entry:
@@ -304,7 +292,7 @@ class PointsLedger:
         """Add `points` (> 0) once per key; a repeat of the key returns the first entry (created False)."""
         if not isinstance(points, int) or points <= 0:
             raise ValueError(f"an award is a positive number of points, got {points!r}")
-        with self._transaction() as conn:
+        with self._writing() as conn:
             existing = self._entry_by_key(conn, key)
             if existing is not None:
                 return Recorded(existing, False, self._balance(conn, existing.member_id))
@@ -325,7 +313,7 @@ class PointsLedger:
         amount = Decimal(amount)
         if amount <= 0:
             raise ValueError(f"a refund amount is positive, got {amount}")
-        with self._transaction() as conn:
+        with self._writing() as conn:
             existing = self._entry_by_key(conn, key)
             if existing is not None:
                 original = self._entry_by_seq(conn, existing.refers_to)
@@ -379,7 +367,7 @@ class PointsLedger:
     def award_door(self, member_id: str, door: str, day: str, points: int, daily_cap: int,
                    rule: str) -> Recorded | None:
         """Points for the member's first opening of `door` on local `day`, within the day's cap; else None."""
-        with self._transaction() as conn:
+        with self._writing() as conn:
             rows = conn.execute("SELECT door, points FROM points_entries WHERE member_id = ? AND day = ? "
                                 "AND reason = 'door_open'", (member_id, day)).fetchall()
             if any(d == door for d, _ in rows):
@@ -398,7 +386,7 @@ class PointsLedger:
     def apply_sync(self, sync: PointsSync) -> dict:
         """Apply a parsed `points.sync` in one transaction: `{"members", "included_through", "pending_entries"}`."""
         synced_at = utc_timestamp()
-        with self._transaction() as conn:
+        with self._writing() as conn:
             last = self._last_seq(conn)
             if sync.included_through > last:
                 raise PointsSyncError(f"included_through {sync.included_through} is beyond this ledger's last "
@@ -416,25 +404,3 @@ class PointsLedger:
             (pending,) = conn.execute("SELECT count(*) FROM points_entries WHERE seq > ?",
                                       (sync.included_through,)).fetchone()
         return {"members": len(sync.members), "included_through": sync.included_through, "pending_entries": pending}
-
-
-class _Transaction:
-    """`with`: the write lock and BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any error)."""
-
-    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock):
-        self._conn, self._lock = conn, lock
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._lock.acquire()
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self._lock.release()
-            raise
-        return self._conn
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            self._conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
-        finally:
-            self._lock.release()

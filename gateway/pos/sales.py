@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 import uuid
 from collections import deque
@@ -33,7 +32,7 @@ from typing import Any
 
 from ..bus import EventBus
 from ..events import Event, utc_timestamp
-from ..sqlite import open_database
+from ..sqlite import SQLiteStore
 from .fields import BUILTIN_TEMPLATES, ParsedReceipt, ReceiptTemplate, extract
 
 log = logging.getLogger("gateway.sales")
@@ -43,17 +42,15 @@ MAX_TEXT_UP = 4096  # characters of an unparsed receipt's text sent up for revie
 MAX_SCANS_PER_TILL = 32
 
 
-class SalesStore:
+class SalesStore(SQLiteStore):
     """`pos.db`: the sales seen (for de-duplication) and the receipts that could not be read."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._conn = open_database(self.path)
+        super().__init__(path)
         self._conn.execute("CREATE TABLE IF NOT EXISTS sales_seen (key TEXT PRIMARY KEY, at TEXT NOT NULL)")
         self._conn.execute("CREATE TABLE IF NOT EXISTS unparsed_receipts (sha256 TEXT NOT NULL, till TEXT NOT NULL, "
                            "store TEXT NOT NULL, text TEXT NOT NULL, at TEXT NOT NULL, "
                            "PRIMARY KEY (sha256, till))")
-        self._lock = threading.Lock()
 
     def seen(self, key: str) -> bool:
         with self._lock:
@@ -74,10 +71,6 @@ class SalesStore:
             rows = self._conn.execute("SELECT sha256, till, store, text, at FROM unparsed_receipts ORDER BY at DESC "
                                       "LIMIT ?", (limit,)).fetchall()
         return [dict(zip(("sha256", "till", "store", "text", "at"), row)) for row in rows]
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
 
 
 class SalesService:
