@@ -42,6 +42,7 @@ nothing: the terminal shows its own verdict.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from typing import Any, Literal
@@ -58,7 +59,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from gateway.validation import Duration, StrictModel
+from gateway.validation import Duration, StrictModel, duplicates
 
 from .base import DeviceConfig, Driver
 from .http_listener import (
@@ -68,13 +69,13 @@ from .http_listener import (
     PushListenerSettings,
     TerminalLiveness,
     card_value,
-    check_interval,
     check_source,
-    is_ip,
     iter_body,
-    resolve_hosts,
+    keep_watch,
     short_text,
     source_of,
+    terminal_addresses,
+    terminals_allow_list,
 )
 from .registry import register
 
@@ -346,11 +347,9 @@ class HikvisionSettings(PushListenerSettings):
     @field_validator("terminals")
     @classmethod
     def _ids_unique(cls, terminals: list[HikvisionTerminalSettings]) -> list[HikvisionTerminalSettings]:
-        seen: set[str] = set()
-        for terminal in terminals:
-            if terminal.id in seen:
-                raise ValueError(f"terminal id {terminal.id!r} is used twice")
-            seen.add(terminal.id)
+        repeated = duplicates(terminal.id for terminal in terminals)
+        if repeated:
+            raise ValueError(f"terminal id {repeated[0]!r} is used twice")
         return terminals
 
     @model_validator(mode="after")
@@ -363,6 +362,11 @@ class HikvisionSettings(PushListenerSettings):
 # ----------------------------------------------------------------------------------- driver
 
 
+def _skips_tls_check(terminal: HikvisionTerminalSettings) -> bool:
+    """An https terminal whose certificate is not checked (`verify_tls: false`)."""
+    return terminal.scheme == "https" and not terminal.verify_tls
+
+
 @register
 class HikvisionDriver(Driver):
     kind = "hikvision_terminal"
@@ -371,11 +375,11 @@ class HikvisionDriver(Driver):
     def __init__(self, settings: DeviceConfig, ctx: Any):
         super().__init__(settings, ctx)
         self._terminals: dict[str, HikvisionTerminalSettings] = {t.id: t for t in settings.terminals}  # type: ignore[attr-defined]
-        self._addresses: dict[str, set[str]] = {t.id: {t.host} for t in self._terminals.values()}
+        self._addresses: dict[str, set[str]] = {}  # filled by run(): each terminal's host and its IPs
         self._allow = AllowList([])
         self._liveness: TerminalLiveness | None = None
         self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._insecure_client: httpx.AsyncClient | None = None  # for https terminals with verify_tls false
         self._tasks: set[asyncio.Task] = set()
         self.port: int | None = None  # the bound listener port, once running
 
@@ -383,25 +387,24 @@ class HikvisionDriver(Driver):
 
     async def run(self) -> None:
         settings: HikvisionSettings = self.settings  # type: ignore[assignment]
-        for terminal in self._terminals.values():
-            self._addresses[terminal.id] = {terminal.host, *await resolve_hosts([terminal.host], self.ctx.log)}
-        self._allow = AllowList(settings.allow or [a for addrs in self._addresses.values() for a in addrs
-                                                   if is_ip(a)])
+        self._addresses.update(await terminal_addresses(self._terminals.values(), self.ctx.log))
+        self._allow = terminals_allow_list(settings.allow, self._addresses)
         self._liveness = TerminalLiveness(self.ctx, self._terminals, settings.stale_after)
         app = Starlette(routes=[Route(settings.path, self._on_push, methods=["POST", "PUT"])])
-        self._loop = asyncio.get_running_loop()
-        async with httpx.AsyncClient(timeout=settings.request_timeout) as client, \
-                HttpListener(app, settings.listen_host, settings.listen_port, self.ctx.log,
-                             name=f"{self.ctx.device_id}-listener") as listener:
+        # Remote opens: one client, plus one that checks no certificate if some terminal needs it.
+        insecure = any(_skips_tls_check(t) for t in self._terminals.values())
+        async with (httpx.AsyncClient(timeout=settings.request_timeout) as client,
+                    (httpx.AsyncClient(timeout=settings.request_timeout, verify=False) if insecure
+                     else contextlib.nullcontext()) as insecure_client,
+                    HttpListener(app, settings.listen_host, settings.listen_port, self.ctx.log,
+                                 name=f"{self.ctx.device_id}-listener") as listener):
             self._client = client
+            self._insecure_client = insecure_client
             self.port = listener.port
             try:
-                while True:
-                    listener.check()
-                    self._liveness.report()
-                    await asyncio.sleep(check_interval(settings.stale_after))
+                await keep_watch(listener, self._liveness, settings.stale_after)
             finally:
-                self._client = None
+                self._client = self._insecure_client = None
                 for task in list(self._tasks):
                     task.cancel()
                 await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -470,10 +473,13 @@ class HikvisionDriver(Driver):
         ISAPI opens the door for the terminal's own configured time.
         """
         terminal = self._terminals.get(str(reader))
-        if terminal is None or self._client is None or self._loop is None:
+        if terminal is None:
             return False
-        task = self._loop.create_task(self._remote_open(terminal, self._client),
-                                      name=f"{self.ctx.device_id}-open-{terminal.id}")
+        client = self._insecure_client if _skips_tls_check(terminal) else self._client
+        if client is None:  # not running
+            return False
+        task = asyncio.get_running_loop().create_task(self._remote_open(terminal, client),
+                                                      name=f"{self.ctx.device_id}-open-{terminal.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
@@ -487,13 +493,8 @@ class HikvisionDriver(Driver):
         url = f"{terminal.scheme}://{host}:{terminal.port}/ISAPI/AccessControl/RemoteControl/door/{terminal.door_no}"
         auth = httpx.DigestAuth(terminal.username, terminal.password.get_secret_value())
         try:
-            if terminal.scheme == "https" and not terminal.verify_tls:
-                async with httpx.AsyncClient(timeout=client.timeout, verify=False) as insecure:
-                    response = await insecure.put(url, content=REMOTE_OPEN_BODY, auth=auth,
-                                                  headers={"Content-Type": "application/xml"})
-            else:
-                response = await client.put(url, content=REMOTE_OPEN_BODY, auth=auth,
-                                            headers={"Content-Type": "application/xml"})
+            response = await client.put(url, content=REMOTE_OPEN_BODY, auth=auth,
+                                        headers={"Content-Type": "application/xml"})
         except httpx.HTTPError as exc:
             self.ctx.log.error("terminal %s: remote open failed: %s", terminal.id, exc or type(exc).__name__)
             return False

@@ -7,15 +7,20 @@ everything those drivers have in common, so that none of it is written twice:
 - `PushListenerSettings`: the listener's settings (`listen_host`, `listen_port`, `allow`,
   `max_body`, `stale_after`), which each driver's settings extend;
 - `AllowList`: source addresses (IPs and CIDRs) that may push; anybody else gets 403;
+  `check_allow_entries` validates an `allow` setting (here, and in the POS drivers' settings);
 - `read_body` / `iter_body`: a request body read with a size limit (413 beyond it), so that an
   untrusted sender cannot make the gateway buffer a gigabyte;
 - `HttpListener`: uvicorn serving the app in the driver's task. The socket is bound here, before
   uvicorn runs, so that a port in use raises OSError in the driver (the supervisor restarts it with
   backoff) instead of uvicorn's `sys.exit`; uvicorn does not capture signals (they belong to the
   gateway), has no lifespan and logs warnings only; it trusts no `X-Forwarded-For` header (the
-  source address is what the allow-list checks);
+  source address is what the allow-list checks). `EmbeddedServer` and `wait_started` are shared
+  with the gateway's own HTTP API (gateway.app);
 - `TerminalLiveness`: per terminal, whether it was heard from within `stale_after`, reported as
   internal `access.reader_status` events on each change.
+- `terminal_addresses` / `terminals_allow_list`: each terminal's host resolved once at start, and
+  the allow-list that follows from it when `allow` is not set; `keep_watch`: the driver's loop while
+  its listener serves (listener checked, liveness reported).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 import uvicorn
 from pydantic import ByteSize, Field, field_validator
@@ -69,15 +74,20 @@ class PushListenerSettings(DeviceConfig):
     @field_validator("allow")
     @classmethod
     def _allow_entries_parse(cls, entries: list[str]) -> list[str]:
-        for entry in entries:
-            try:
-                ipaddress.ip_network(entry.strip(), strict=False)
-            except ValueError:
-                raise ValueError(f"allow: {entry!r} is not an IP address or CIDR") from None
+        check_allow_entries(entries)
         return entries
 
 
 # ---------------------------------------------------------------------------------- allow-list
+
+
+def check_allow_entries(entries: Iterable[str]) -> None:
+    """ValueError naming the first entry that is not an IP address or CIDR (every `allow` setting)."""
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"allow: {entry!r} is not an IP address or CIDR") from None
 
 
 def _normalised(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -124,6 +134,21 @@ async def resolve_hosts(hosts: Iterable[str], log: logging.Logger) -> list[str]:
             continue
         addresses.extend(sorted({str(info[4][0]) for info in infos}))
     return addresses
+
+
+async def terminal_addresses(terminals: Iterable[Any], log: logging.Logger) -> dict[str, set[str]]:
+    """Per terminal (`.id`, `.host`) that has a host: that host and its IP addresses (`resolve_hosts`).
+    Terminals without a host are left out."""
+    addresses: dict[str, set[str]] = {}
+    for terminal in terminals:
+        if terminal.host:
+            addresses[terminal.id] = {terminal.host, *await resolve_hosts([terminal.host], log)}
+    return addresses
+
+
+def terminals_allow_list(allow: Iterable[str], addresses: dict[str, set[str]]) -> AllowList:
+    """The `allow` setting when given, else the terminals' own IP addresses (`terminal_addresses`)."""
+    return AllowList(allow or [a for addrs in addresses.values() for a in addrs if is_ip(a)])
 
 
 def source_of(request: Request) -> str | None:
@@ -213,11 +238,22 @@ def card_value(card_no: Any) -> str | None:
 # ------------------------------------------------------------------------------------ listener
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn inside the driver's task: signals belong to the gateway, not to the web server."""
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn inside the gateway's loop (a driver's task, the HTTP API): signals belong to the
+    gateway, not to the web server."""
 
     def capture_signals(self):  # type: ignore[override]
         return contextlib.nullcontext()
+
+
+async def wait_started(server: uvicorn.Server, task: asyncio.Task, what: str) -> None:
+    """Return once `server` (served by `task`) accepts connections; if the task ends first, raise
+    its error (e.g. the port in use), else RuntimeError("<what> stopped while starting")."""
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError(f"{what} stopped while starting")
+        await asyncio.sleep(0.01)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -251,7 +287,7 @@ class HttpListener:
         self.log = log
         self.name = name
         self.port: int | None = None
-        self._server: _EmbeddedServer | None = None
+        self._server: EmbeddedServer | None = None
         self._task: asyncio.Task | None = None
         self._sock: socket.socket | None = None
 
@@ -260,15 +296,11 @@ class HttpListener:
         self.port = self._sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
                                 proxy_headers=False, server_header=False, date_header=False)
-        self._server = _EmbeddedServer(config)
+        self._server = EmbeddedServer(config)
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[self._sock]),
                                                             name=self.name)
         try:
-            while not self._server.started:
-                if self._task.done():
-                    self._task.result()
-                    raise RuntimeError(f"{self.name}: the HTTP listener stopped while starting")
-                await asyncio.sleep(0.01)
+            await wait_started(self._server, self._task, f"{self.name}: the HTTP listener")
         except BaseException:
             await self._stop()
             raise
@@ -327,14 +359,11 @@ class TerminalLiveness:
         if terminal_id in self.last_heard:
             self.last_heard[terminal_id] = time.monotonic()
 
-    def check(self) -> list[str]:
-        """Emit what changed; the ids of the terminals that are silent now."""
+    def check(self) -> None:
+        """Emit what changed (`reported` then holds each terminal's state as last reported)."""
         now = time.monotonic()
-        silent: list[str] = []
         for tid, seen in self.last_heard.items():
             online = seen is not None and now - seen <= self.stale_after
-            if not online:
-                silent.append(tid)
             if not online and seen is None and now - self.started < self.stale_after:
                 continue  # not heard yet, but it has not had its chance
             if online != self.reported[tid]:
@@ -348,13 +377,13 @@ class TerminalLiveness:
                 self.ctx.emit("access.reader_status", {"reader": tid, "online": online,
                                                        "status": "online" if online else "offline",
                                                        "reason": reason}, internal=True)
-        return silent
 
     def report(self) -> None:
         """Check, then set the device online while every terminal is heard from, else offline naming
         the silent ones (as an OSDP bus names its silent readers), so that `device.status` upstream
         shows a terminal that stopped pushing."""
-        silent = [tid for tid in self.check() if self.reported[tid] is False]
+        self.check()
+        silent = [tid for tid, online in self.reported.items() if online is False]
         if silent:
             self.ctx.set_offline(f"not heard from: {', '.join(silent)}")
         else:
@@ -363,3 +392,12 @@ class TerminalLiveness:
 
 def check_interval(stale_after: float) -> float:
     return max(0.05, min(1.0, stale_after / 4))
+
+
+async def keep_watch(listener: HttpListener, liveness: TerminalLiveness, stale_after: float) -> NoReturn:
+    """A push driver's loop while its listener serves: the listener still up, the terminals' liveness
+    reported, every `check_interval(stale_after)`; until cancelled (or the listener fails)."""
+    while True:
+        listener.check()
+        liveness.report()
+        await asyncio.sleep(check_interval(stale_after))

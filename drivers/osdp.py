@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.validation import Duration, StrictModel
+from gateway.validation import Duration, StrictModel, duplicates
 
 from .base import DeviceConfig, Driver
 from .registry import register
@@ -97,11 +97,9 @@ class OsdpSettings(DeviceConfig):
     @field_validator("readers")
     @classmethod
     def _addresses_unique(cls, readers: list[OsdpReaderSettings]) -> list[OsdpReaderSettings]:
-        seen: set[int] = set()
-        for reader in readers:
-            if reader.address in seen:
-                raise ValueError(f"reader address {reader.address} is used twice")
-            seen.add(reader.address)
+        repeated = duplicates(reader.address for reader in readers)
+        if repeated:
+            raise ValueError(f"reader address {repeated[0]} is used twice")
         return readers
 
 

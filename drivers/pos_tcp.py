@@ -30,8 +30,8 @@ from pydantic import Field, field_validator
 from gateway.validation import Duration
 
 from .base import DeviceConfig, Driver
-from .http_listener import AllowList
-from .receipt_capture import EscPosCaptureSettings, ReceiptCapture, check_allow_entries
+from .http_listener import AllowList, check_allow_entries
+from .receipt_capture import EscPosCaptureSettings, ReceiptCapture
 from .registry import register
 
 READ_CHUNK = 65536

@@ -55,11 +55,12 @@ from .http_listener import (
     AllowList,
     HttpError,
     HttpListener,
+    check_allow_entries,
     check_source,
     read_body,
     source_of,
 )
-from .receipt_capture import PosDeviceSettings, check_allow_entries, receipt_base
+from .receipt_capture import PosDeviceSettings, receipt_base
 from .registry import register
 
 DEFAULT_MAX_BODY = 256 * 1024  # a receipt with a few hundred lines fits easily

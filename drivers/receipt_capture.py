@@ -24,12 +24,11 @@ written twice:
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import select
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -49,15 +48,6 @@ WRITE_TIMEOUT_S = 2.0  # a pass-through peer that takes no bytes for this long h
 
 
 # ------------------------------------------------------------------------------------ settings
-
-
-def check_allow_entries(entries: Iterable[str]) -> None:
-    """ValueError naming the first entry that is not an IP address or CIDR (as drivers.http_listener)."""
-    for entry in entries:
-        try:
-            ipaddress.ip_network(entry.strip(), strict=False)
-        except ValueError:
-            raise ValueError(f"allow: {entry!r} is not an IP address or CIDR") from None
 
 
 class PosDeviceSettings(DeviceConfig):

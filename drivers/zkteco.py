@@ -42,7 +42,6 @@ nothing: the terminal shows its own verdict.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import re
 import time
@@ -56,7 +55,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from gateway.validation import Duration, StrictModel
+from gateway.validation import Duration, StrictModel, duplicates
 
 from .base import DeviceConfig, Driver
 from .http_listener import (
@@ -66,14 +65,14 @@ from .http_listener import (
     PushListenerSettings,
     TerminalLiveness,
     card_value,
-    check_interval,
     check_source,
     decode_text,
-    is_ip,
+    keep_watch,
     read_body,
-    resolve_hosts,
     short_text,
     source_of,
+    terminal_addresses,
+    terminals_allow_list,
 )
 from .registry import register
 
@@ -236,15 +235,12 @@ class ZktecoSettings(PushListenerSettings):
     @field_validator("terminals")
     @classmethod
     def _unique(cls, terminals: list[ZktecoTerminalSettings]) -> list[ZktecoTerminalSettings]:
-        ids: set[str] = set()
-        sns: set[str] = set()
-        for terminal in terminals:
-            if terminal.id in ids:
-                raise ValueError(f"terminal id {terminal.id!r} is used twice")
-            if terminal.serial_number in sns:
-                raise ValueError(f"serial number {terminal.serial_number!r} is used twice")
-            ids.add(terminal.id)
-            sns.add(terminal.serial_number)
+        # One pass over (attribute, value) pairs: the first repetition is reported, as it is met.
+        repeated = duplicates(pair for terminal in terminals
+                              for pair in (("terminal id", terminal.id), ("serial number", terminal.serial_number)))
+        if repeated:
+            what, value = repeated[0]
+            raise ValueError(f"{what} {value!r} is used twice")
         return terminals
 
     @model_validator(mode="after")
@@ -288,10 +284,8 @@ class ZktecoDriver(Driver):
 
     async def run(self) -> None:
         settings: ZktecoSettings = self.settings  # type: ignore[assignment]
-        for terminal in self._by_id.values():
-            if terminal.host:
-                self._addresses[terminal.id] = {terminal.host, *await resolve_hosts([terminal.host], self.ctx.log)}
-        self._allow = AllowList(settings.allow or [a for addrs in self._addresses.values() for a in addrs if is_ip(a)])
+        self._addresses.update(await terminal_addresses(self._by_id.values(), self.ctx.log))
+        self._allow = terminals_allow_list(settings.allow, self._addresses)
         self._liveness = TerminalLiveness(self.ctx, self._by_id, settings.stale_after)
         routes = []
         for suffix in ("", ".aspx"):
@@ -305,10 +299,7 @@ class ZktecoDriver(Driver):
             self.port = listener.port
             self._running = True
             try:
-                while True:
-                    listener.check()
-                    self._liveness.report()
-                    await asyncio.sleep(check_interval(settings.stale_after))
+                await keep_watch(listener, self._liveness, settings.stale_after)
             finally:
                 self._running = False
 

@@ -11,13 +11,14 @@ which have a thread each so that disk and network waits never stall the drivers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+
+from drivers.http_listener import EmbeddedServer, wait_started
 
 from . import __version__
 from .access.service import READ_EVENT_TYPES, AccessService
@@ -53,13 +54,6 @@ OUTBOX_QUEUE_HIGH_WATER = 20_000
 SHUTDOWN_SEND_GRACE = 3.0  # seconds a clean stop waits for the backlog to go up
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn inside our loop: signals belong to the gateway, not to the web server."""
-
-    def capture_signals(self):  # type: ignore[override]
-        return contextlib.nullcontext()
-
-
 class Gateway:
     def __init__(self, config: SiteConfigBase, config_path: str | Path | None = None):
         self.config = config
@@ -87,8 +81,9 @@ class Gateway:
         self.ads: AdsService | None = None
         self.audience: AudienceService | None = None
         self._sign_players: list[asyncio.Task] = []
+        self._signs_started: tuple | None = None  # (time zone, sign screens) the sign players run for
         self._scorer_path = config.storage.path.parent / "ad_scorer.onnx"
-        self.api_server: _EmbeddedServer | None = None
+        self.api_server: EmbeddedServer | None = None
         self.api_port: int | None = None
         self._stop: asyncio.Event | None = None
         self._background: list[asyncio.Task] = []
@@ -179,15 +174,11 @@ class Gateway:
 
     async def _start_api(self) -> asyncio.Task:
         api = self.config.api
-        server = _EmbeddedServer(uvicorn.Config(create_app(self), host=api.host, port=api.port,
-                                                log_level="warning", access_log=False, lifespan="off"))
+        server = EmbeddedServer(uvicorn.Config(create_app(self), host=api.host, port=api.port,
+                                               log_level="warning", access_log=False, lifespan="off"))
         self.api_server = server
         task = asyncio.get_running_loop().create_task(server.serve(), name="http-api")
-        while not server.started:
-            if task.done():
-                task.result()  # raises the bind error, e.g. port in use
-                raise RuntimeError("the HTTP API stopped while starting")
-            await asyncio.sleep(0.01)
+        await wait_started(server, task, "the HTTP API")  # raises the bind error, e.g. port in use
         self.api_port = server.servers[0].sockets[0].getsockname()[1]
         log.info("HTTP API on http://%s:%d (OpenAPI at /docs)", api.host, self.api_port)
         return task
@@ -224,7 +215,7 @@ class Gateway:
             self.points.ledger.close()
         if self.sales is not None:
             self.sales.store.close()
-        if self.ads is not None and self.ads.media is not None:  # issue 6 (media)
+        if self.ads is not None:  # issue 6 (media)
             await self.ads.media.close()
         if self.ads is not None:  # after the bus and the background tasks: the last reports are out
             self.ads.store.close()
@@ -232,7 +223,12 @@ class Gateway:
         log.info("gateway stopped")
 
     def _start_sign_players(self) -> None:
-        """A SignPlayer per screen that is an LED sign (`screens[].sign`), showing its plan's texts."""
+        """A SignPlayer per screen that is an LED sign (`screens[].sign`), showing its plan's texts;
+        restarted only when the signs or the time zone change (a new player shows its text again)."""
+        signs = (self.config.timezone, tuple((s.id, s.sign) for s in self.config.screens if s.sign is not None))
+        if signs == self._signs_started:
+            return
+        self._signs_started = signs
         for task in self._sign_players:
             task.cancel()
         self._sign_players = []
@@ -383,11 +379,11 @@ class Gateway:
         if self.sales is not None:
             self.sales.reconfigure(new.pos.templates, new.pos.attribution_window, new.timezone)
         if self.ads is not None:
-            if self.ads.media is not None:  # issue 6 (media): the sizes apply at once
-                self.ads.media.max_bytes = int(new.ads.media_max_bytes)
-                self.ads.media.max_file_bytes = int(new.ads.media_max_file_bytes)
-            await self.ads.reconfigure(new.screens, new.timezone, new.ads.keep_plays, new.ads.plan_window,
-                                       new.ads.report_partial or 0)
+            # issue 6 (media): the sizes apply at once
+            self.ads.media.max_bytes = int(new.ads.media_max_bytes)
+            self.ads.media.max_file_bytes = int(new.ads.media_max_file_bytes)
+            await self.ads.reconfigure(new.screens, new.timezone, keep_plays=new.ads.keep_plays,
+                                       plan_window=new.ads.plan_window, report_partial=new.ads.report_partial)
         if self.audience is not None:
             await asyncio.to_thread(self.audience.apply, _screen_cameras(new))
         self._start_sign_players()
