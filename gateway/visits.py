@@ -15,15 +15,21 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from drivers.base import DeviceConfig
 
 from .bus import EventBus
 from .events import Event, utc_timestamp
-from .frame_worker import FrameFollower
+from .frame_worker import (
+    MODEL_RETRY_INTERVAL,
+    FrameFollower,
+    FrameWorkerState,
+    model_unavailable,
+    start_worker,
+    stop_worker,
+    stop_workers,
+)
 from .frames import FrameHub
 from .models import ModelError
 from .vision.settings import AnalyticsSettings
@@ -37,18 +43,12 @@ if TYPE_CHECKING:  # the vision stack (OpenCV, onnxruntime, SciPy) loads only wh
 
 log = logging.getLogger("gateway.visits")
 
-MODEL_RETRY_INTERVAL = 60.0  # seconds between attempts to load a missing or broken model
-
 
 @dataclass
-class CameraWorker:
+class CameraWorker(FrameWorkerState):  # state: starting | running | waiting_for_frames | no_analytics | error
     camera_id: str
     settings: DeviceConfig  # drivers.camera.CameraSettings
-    thread: threading.Thread | None = None
-    stop: threading.Event = field(default_factory=threading.Event)
     analytics: CameraAnalytics | None = None
-    state: str = "starting"  # starting | running | waiting_for_frames | no_analytics | error
-    error: str | None = None
     limiter: FpsLimiter | None = None
     last_image: np.ndarray | None = None
     frame_size: tuple[int, int] | None = None
@@ -73,26 +73,15 @@ class VisitService:
         cameras = {d.id: d for d in devices if d.kind == "camera" and d.enabled}
         for camera_id in list(self._workers):
             if camera_id not in cameras or cameras[camera_id] != self._workers[camera_id].settings:
-                self._stop_worker(camera_id)
+                stop_worker(self._workers, camera_id)
         for camera_id, settings in cameras.items():
             if camera_id not in self._workers:
                 _load_vision_stack()
-                worker = CameraWorker(camera_id, settings)
-                worker.thread = threading.Thread(target=self._run, args=(worker,), name=f"visits-{camera_id}",
-                                                 daemon=True)
-                self._workers[camera_id] = worker
-                worker.thread.start()
+                start_worker(self._workers, camera_id, CameraWorker(camera_id, settings), self._run,
+                             f"visits-{camera_id}")
 
     def stop(self) -> None:
-        for camera_id in list(self._workers):
-            self._stop_worker(camera_id)
-
-    def _stop_worker(self, camera_id: str) -> None:
-        worker = self._workers.pop(camera_id, None)
-        if worker:
-            worker.stop.set()
-            if worker.thread:
-                worker.thread.join(10)
+        stop_workers(self._workers)
 
     # ----------------------------------------------------------------------------- reading
 
@@ -157,10 +146,7 @@ class VisitService:
         try:
             detector = self._detector(worker.settings.analytics)
         except (ModelError, ValueError) as exc:
-            if worker.error != str(exc):
-                log.error("camera %s: no analytics: %s (trying again every %gs)", worker.camera_id, exc,
-                          MODEL_RETRY_INTERVAL)
-            worker.state, worker.error = "error", str(exc)
+            model_unavailable(worker, exc, log, f"camera {worker.camera_id}: no analytics", MODEL_RETRY_INTERVAL)
             return None
         worker.state, worker.error = "waiting_for_frames", None
         return detector

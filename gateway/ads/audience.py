@@ -50,7 +50,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from ..frame_worker import FrameFollower
+from ..frame_worker import (
+    MODEL_RETRY_INTERVAL,
+    FrameFollower,
+    FrameWorkerState,
+    model_unavailable,
+    start_worker,
+    stop_worker,
+    stop_workers,
+)
 from ..frames import FrameHub
 from ..models import ModelError
 
@@ -400,19 +408,13 @@ class AudienceMeter:
 
 # ----------------------------------------------------------------------------------- service
 
-MODEL_RETRY_INTERVAL = 60.0  # seconds between attempts to load a missing or broken model
-
 
 @dataclass
-class _CameraWorker:
+class _CameraWorker(FrameWorkerState):  # state: starting | waiting_for_frames | running | error
     camera_id: str
     meter: AudienceMeter
-    thread: threading.Thread | None = None
-    stop: threading.Event = field(default_factory=threading.Event)
     limiter: FpsLimiter | None = None
     times: StageTimes | None = None
-    state: str = "starting"  # starting | waiting_for_frames | running | error
-    error: str | None = None
     frames: int = 0  # frames analysed
 
 
@@ -444,14 +446,11 @@ class AudienceService:
         wanted = {str(screen): str(camera) for screen, camera in screens_with_cameras.items()}
         cameras = set(wanted.values())
         for camera_id in [c for c in self._workers if c not in cameras]:
-            self._stop_worker(camera_id)
+            stop_worker(self._workers, camera_id)
         self._screens = wanted
         for camera_id in sorted(cameras - set(self._workers)):
-            worker = _CameraWorker(camera_id, self.meter_factory())
-            worker.thread = threading.Thread(target=self._run, args=(worker,), daemon=True,
-                                             name=f"audience-{camera_id}")
-            self._workers[camera_id] = worker
-            worker.thread.start()
+            start_worker(self._workers, camera_id, _CameraWorker(camera_id, self.meter_factory()), self._run,
+                         f"audience-{camera_id}")
 
     def meter(self, screen_id: str) -> AudienceMeter | None:
         camera_id = self._screens.get(screen_id)
@@ -459,16 +458,8 @@ class AudienceService:
         return worker.meter if worker is not None else None
 
     def stop(self) -> None:
-        for camera_id in list(self._workers):
-            self._stop_worker(camera_id)
+        stop_workers(self._workers)
         self._screens = {}
-
-    def _stop_worker(self, camera_id: str) -> None:
-        worker = self._workers.pop(camera_id, None)
-        if worker:
-            worker.stop.set()
-            if worker.thread:
-                worker.thread.join(10)
 
     def status(self) -> list[dict[str, Any]]:
         out = []
@@ -504,10 +495,8 @@ class AudienceService:
                                                              threads=self.threads)
                 detector = self._detector
         except (ModelError, ValueError) as exc:
-            if worker.error != str(exc):
-                log.error("audience camera %s: not measuring: %s (trying again every %gs)", worker.camera_id,
-                          exc, MODEL_RETRY_INTERVAL)
-            worker.state, worker.error = "error", str(exc)
+            model_unavailable(worker, exc, log, f"audience camera {worker.camera_id}: not measuring",
+                              MODEL_RETRY_INTERVAL)
             return None
         worker.state, worker.error = "waiting_for_frames", None
         return detector

@@ -22,9 +22,8 @@ from ..models import ModelError, models_dir
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from ..vision.detect import FaceDetector
     from .calibrate import calibrate, load_folder, load_listing, recommend
-    from .embed import FaceEmbedder
+    from .face_models import load_face_models
 
     try:
         groups = load_listing(args.listing, args.folder) if args.listing else load_folder(args.folder)
@@ -33,8 +32,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return 1
     directory = models_dir(args.models_dir)
     try:
-        detector = FaceDetector.from_model("yunet", directory)
-        embedder = FaceEmbedder.from_model(args.embedder, directory)
+        detector, embedder = load_face_models(directory, args.embedder)
     except (ModelError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -81,12 +79,9 @@ def _load(args: argparse.Namespace, need_enabled: bool):
 
 
 def _models(config):
-    from ..vision.detect import FaceDetector
-    from .embed import FaceEmbedder
+    from .face_models import load_face_models
 
-    directory, threads = models_dir(config.models.dir), config.models.threads
-    return (FaceDetector.from_model("yunet", directory, threads=threads),
-            FaceEmbedder.from_model(config.faces.embedder, directory, threads=threads))
+    return load_face_models(models_dir(config.models.dir), config.faces.embedder, config.models.threads)
 
 
 def _read_images(paths: list[Path]) -> list[bytes]:
@@ -200,7 +195,7 @@ def _audit(args: argparse.Namespace) -> int:
     with open_face_store(config) as store:
         if args.verify:
             ok, problem = store.verify_audit()
-            entries = len(store.audit_entries())
+            entries = store.count_audit_entries()
             print(json.dumps({"ok": ok, "problem": problem, "entries": entries}))
             return 0 if ok else 1
         print(json.dumps(store.audit_entries(args.limit), indent=1))

@@ -33,9 +33,18 @@ from typing import TYPE_CHECKING, Any
 
 from ..bus import EventBus
 from ..events import Event, utc_timestamp
-from ..frame_worker import FrameFollower
+from ..frame_worker import (
+    MODEL_RETRY_INTERVAL,
+    FrameFollower,
+    FrameWorkerState,
+    model_unavailable,
+    start_worker,
+    stop_worker,
+    stop_workers,
+)
 from ..frames import FrameHub
 from ..models import ModelError
+from .face_models import FaceModels
 from .gallery import FaceGallery, MatchPolicy
 
 if TYPE_CHECKING:  # OpenCV and onnxruntime load only when a gate runs
@@ -44,7 +53,6 @@ if TYPE_CHECKING:  # OpenCV and onnxruntime load only when a gate runs
 
 log = logging.getLogger("gateway.faces.gates")
 
-MODEL_RETRY_INTERVAL = 60.0  # seconds between attempts to load a missing or broken model
 IDENTIFIED = "access.identified"
 MEMBER_IDENTIFIED = "member.identified"
 
@@ -88,7 +96,6 @@ class GalleryHolder:
         self._lock = threading.Lock()
         self._gallery: FaceGallery | None = None
         self.generation: int | None = None  # of the gallery held
-        self.reloads = 0
         self._checked_at = float("-inf")
         self._stale = True
 
@@ -116,7 +123,6 @@ class GalleryHolder:
                     if prepare is not None:  # grouping and the int8 prescreen, here rather than in a search
                         prepare()
                     self._gallery, self.generation = loaded, generation  # the swap: one assignment each
-                    self.reloads += 1
             except Exception:
                 if self._gallery is None:
                     self._stale = True
@@ -130,14 +136,10 @@ class GalleryHolder:
 
 
 @dataclass
-class GateWorker:
+class GateWorker(FrameWorkerState):  # state: starting | waiting_for_frames | running | error
     spec: GateSpec
-    thread: threading.Thread | None = None
-    stop: threading.Event = field(default_factory=threading.Event)
     gate: FaceGate | None = None
     limiter: FpsLimiter | None = None
-    state: str = "starting"  # starting | waiting_for_frames | running | error
-    error: str | None = None
     frames: int = 0  # frames analysed
     matches: int = 0  # access.identified published
     verdicts: Counter = field(default_factory=Counter)
@@ -147,7 +149,7 @@ class GateWorker:
 class FaceGateService:
     def __init__(self, bus: EventBus, frames: FrameHub, models_dir: str | Path, threads: int = 1,
                  gallery: GalleryHolder | None = None, embedder_name: str = "mobilefacenet",
-                 detector_name: str = "yunet"):
+                 detector_name: str = "yunet", models: FaceModels | None = None):
         self.bus = bus
         self.frames = frames
         self.models_dir = Path(models_dir)
@@ -156,8 +158,8 @@ class FaceGateService:
         self.embedder_name = embedder_name
         self.detector_name = detector_name
         self._workers: dict[tuple[str, str], GateWorker] = {}
-        self._models: dict[str, Any] = {}  # one onnxruntime session per model, shared by the gates
-        self._lock = threading.Lock()
+        # One onnxruntime session per model, shared by the gates (and, passed in, by other services).
+        self.models = models if models is not None else FaceModels(self.models_dir, threads)
 
     # --------------------------------------------------------------------------- lifecycle
 
@@ -168,25 +170,13 @@ class FaceGateService:
             raise ValueError("a door and camera pair is listed twice")
         for key in list(self._workers):
             if key not in wanted or wanted[key] != self._workers[key].spec:
-                self._stop_worker(key)
+                stop_worker(self._workers, key)
         for key, spec in wanted.items():
             if key not in self._workers:
-                worker = GateWorker(spec)
-                worker.thread = threading.Thread(target=self._run, args=(worker,), daemon=True,
-                                                 name=f"face-gate-{spec.door_id}")
-                self._workers[key] = worker
-                worker.thread.start()
+                start_worker(self._workers, key, GateWorker(spec), self._run, f"face-gate-{spec.door_id}")
 
     def stop(self) -> None:
-        for key in list(self._workers):
-            self._stop_worker(key)
-
-    def _stop_worker(self, key: tuple[str, str]) -> None:
-        worker = self._workers.pop(key, None)
-        if worker:
-            worker.stop.set()
-            if worker.thread:
-                worker.thread.join(10)
+        stop_workers(self._workers)
 
     def forget_person(self, person_id: Hashable) -> None:
         """A person's face data was deleted: no cooldown or vote of theirs is kept, and the gallery is
@@ -221,28 +211,14 @@ class FaceGateService:
 
     # ------------------------------------------------------------------------------ worker
 
-    def _model(self, name: str, build: Callable[[], Any]) -> Any:
-        with self._lock:  # the gates share one session per model
-            if name not in self._models:
-                self._models[name] = build()
-            return self._models[name]
-
     def _make_gate(self, worker: GateWorker) -> FaceGate | None:
-        from ..vision.detect import FaceDetector
-        from .embed import FaceEmbedder
         from .gate import FaceGate
 
         spec = worker.spec
         try:
-            detector = self._model(self.detector_name, lambda: FaceDetector.from_model(
-                self.detector_name, self.models_dir, threads=self.threads))
-            embedder = self._model(self.embedder_name, lambda: FaceEmbedder.from_model(
-                self.embedder_name, self.models_dir, threads=self.threads))
+            detector, embedder = self.models.pair(self.embedder_name, self.threads, self.detector_name)
         except (ModelError, ValueError) as exc:
-            if worker.error != str(exc):
-                log.error("face gate %s: no recognition: %s (trying again every %gs)", spec.door_id, exc,
-                          MODEL_RETRY_INTERVAL)
-            worker.state, worker.error = "error", str(exc)
+            model_unavailable(worker, exc, log, f"face gate {spec.door_id}: no recognition", MODEL_RETRY_INTERVAL)
             return None
         worker.state, worker.error = "waiting_for_frames", None
         return FaceGate(spec.door_id, detector, embedder, self.gallery.current, spec.policy)

@@ -24,7 +24,6 @@ import asyncio
 import base64
 import binascii
 import logging
-import threading
 from typing import TYPE_CHECKING, Any
 
 from ..bus import EventBus
@@ -33,6 +32,7 @@ from ..config import SiteConfigBase
 from ..events import Event
 from ..frames import FrameHub
 from ..models import ModelError, models_dir
+from .face_models import FaceModels
 from .gallery import MatchPolicy
 from .gate_service import FaceGateService, GalleryHolder, GateSpec
 
@@ -84,8 +84,8 @@ class FaceService:
         self.store: FaceStore | None = None
         self.gates: FaceGateService | None = None
         self.till_gates: FaceGateService | None = None
-        self._models: tuple[Any, Any] | None = None
-        self._models_lock = threading.Lock()
+        # The face models, loaded once for the door gates, the till gates and enrolment.
+        self.models = FaceModels(models_dir(config.models.dir), config.models.threads)
         self._warned = False
 
     # --------------------------------------------------------------------------- lifecycle
@@ -103,13 +103,13 @@ class FaceService:
             return
         store, embedder = self.store, config.faces.embedder
         holder = GalleryHolder(lambda: store.load_gallery(embedder, purpose=ACCESS_PURPOSE), store.generation)
-        self.gates = FaceGateService(self.bus, self.frames, models_dir(config.models.dir), config.models.threads,
-                                     holder, embedder_name=embedder)
+        self.gates = FaceGateService(self.bus, self.frames, self.models.directory, config.models.threads,
+                                     holder, embedder_name=embedder, models=self.models)
         self.gates.apply(gate_specs(config))
         # Tills have a gallery of their own: the members whose consent covers points.
         tills = GalleryHolder(lambda: store.load_gallery(embedder, purpose=POINTS_PURPOSE), store.generation)
-        self.till_gates = FaceGateService(self.bus, self.frames, models_dir(config.models.dir), config.models.threads,
-                                          tills, embedder_name=embedder)
+        self.till_gates = FaceGateService(self.bus, self.frames, self.models.directory, config.models.threads,
+                                          tills, embedder_name=embedder, models=self.models)
         self.till_gates.apply(till_specs(config))
         self._check_capacity()
 
@@ -151,15 +151,16 @@ class FaceService:
         except (binascii.Error, TypeError, ValueError):
             raise CommandError("faces.enroll: images must be base64 strings") from None
         try:
-            added = await asyncio.to_thread(self._enrol, person_id, photos, args.get("consent"))
+            added, enrolled = await asyncio.to_thread(self._enrol, person_id, photos, args.get("consent"))
         except (ValueError, ModelError) as exc:  # ConsentError and EnrolError are ValueErrors
             raise CommandError(f"faces.enroll refused: {exc}") from None
         finally:
             photos.clear()  # the pictures are not kept a moment longer than the embedding
-        self._check_capacity()
-        return {"person_id": person_id, "templates": added, "enrolled": self.store.count_persons()}
+        self._check_capacity(enrolled)
+        return {"person_id": person_id, "templates": added, "enrolled": enrolled}
 
-    def _enrol(self, person_id: str, photos: list[bytes], consent: Any) -> int:
+    def _enrol(self, person_id: str, photos: list[bytes], consent: Any) -> tuple[int, int]:
+        """(templates added, persons now enrolled), in a worker thread."""
         from .enrol import embed_images
         from .store import parse_consent
 
@@ -170,18 +171,12 @@ class FaceService:
         for gates in (self.gates, self.till_gates):
             if gates is not None:
                 gates.gallery.invalidate()
-        return added
+        return added, self.store.count_persons()
 
     def _enrolment_models(self) -> tuple[Any, Any]:
-        from ..vision.detect import FaceDetector
-        from .embed import FaceEmbedder
-
-        with self._models_lock:
-            if self._models is None:
-                directory = models_dir(self.config.models.dir)
-                self._models = (FaceDetector.from_model("yunet", directory),
-                                FaceEmbedder.from_model(self.config.faces.embedder, directory))
-            return self._models
+        # Enrolment runs its models with one thread (models.threads is for the gates): with the
+        # default models.threads of 1 these are the gates' own sessions.
+        return self.models.pair(self.config.faces.embedder, threads=1)
 
     async def delete_command(self, args: dict) -> dict:
         person_id = args.get("person_id")
@@ -203,10 +198,13 @@ class FaceService:
 
     # ----------------------------------------------------------------------------- capacity
 
-    def _check_capacity(self) -> None:
+    def _check_capacity(self, enrolled: int | None = None) -> None:
+        """Warn when the enrolled persons (counted here unless `enrolled` is given) reach warn_enrolled."""
         if self.store is None:
             return
-        enrolled, warn_at = self.store.count_persons(), self.config.faces.warn_enrolled
+        if enrolled is None:
+            enrolled = self.store.count_persons()
+        warn_at = self.config.faces.warn_enrolled
         if enrolled >= warn_at and not self._warned:
             log.warning("%d persons enrolled for face recognition: near the gallery's capacity of %d",
                         enrolled, GALLERY_CAPACITY)
