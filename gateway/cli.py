@@ -15,7 +15,7 @@ from . import models_cli
 from .access import cli as access_cli
 from .ads import cli as ads_cli
 from .pos import cli as pos_cli
-from .config import ConfigError, config_json_schema, load_config
+from .config import ConfigError, config_json_schema, load_config, load_site_config
 from .faces import cli as faces_cli
 from .vision import replay
 
@@ -31,10 +31,8 @@ def setup_logging(level: str = "info") -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .app import Gateway
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = load_site_config(args.config)
+    if config is None:
         return 1
     setup_logging(args.log_level or config.log_level)
     gateway = Gateway(config, args.config)

@@ -11,6 +11,7 @@ Device sections are typed by their driver: each driver kind registers a settings
 from __future__ import annotations
 
 import os
+import sys
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -561,3 +562,13 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> SiteConf
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [ConfigProblem("", f"cannot read: {exc}")]) from None
     return parse_config(text, str(path), env)
+
+
+def load_site_config(path: str | Path) -> SiteConfigBase | None:
+    """For the command line: the site config at `path`, or None after printing why it is refused
+    (on stderr)."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None

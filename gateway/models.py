@@ -281,18 +281,21 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def open_session(path: str | Path, threads: int = 1) -> "onnxruntime.InferenceSession":
+def open_session(path: str | Path, threads: int = 1, *, data: bytes | None = None,
+                 name: str | None = None) -> "onnxruntime.InferenceSession":
     """An onnxruntime CPU session that uses `threads` threads and nothing more.
 
     One intra-op pool of `threads` and sequential execution keep the gateway's CPU use predictable
     (several cameras share one small machine). A file onnxruntime cannot parse raises
-    ModelCorruptError with onnxruntime's one-line reason, not its stack.
+    ModelCorruptError with onnxruntime's one-line reason, not its stack. With `data`, the model is
+    those bytes (already read and checked) and `name` says what it is in errors.
     """
     import onnxruntime
 
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise ModelMissingError(f"model file {path.name} not found in {path.parent}")
+    what = name if data is not None and name else f"model file {path.name} in {path.parent}"
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = max(1, int(threads))
     options.inter_op_num_threads = 1
@@ -300,10 +303,11 @@ def open_session(path: str | Path, threads: int = 1) -> "onnxruntime.InferenceSe
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: warnings about unused initialisers are noise in the site log
     try:
-        return onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return onnxruntime.InferenceSession(str(path) if data is None else data, sess_options=options,
+                                            providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own pybind classes (Fail, InvalidProtobuf, ...)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelCorruptError(f"model file {path.name} in {path.parent} cannot be loaded by onnxruntime "
+        raise ModelCorruptError(f"{what} cannot be loaded by onnxruntime "
                                 f"(truncated or not an ONNX model?): {reason}") from None
 
 

@@ -240,10 +240,11 @@ async def _run(gateway: Gateway, platform: PlatformStandIn, duration: float | No
         if deadline and time.monotonic() >= deadline:
             gateway.request_stop()
             break
+        # The line reads the platform's database: in a thread, not on the gateway's event loop.
         if tty:
-            print("\r" + summary.line(), end="", flush=True)
+            print("\r" + await asyncio.to_thread(summary.line), end="", flush=True)
         elif time.monotonic() - last_print >= 5:
-            print(summary.line(), flush=True)
+            print(await asyncio.to_thread(summary.line), flush=True)
             last_print = time.monotonic()
         await asyncio.sleep(1.0)
     shot = None

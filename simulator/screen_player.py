@@ -45,7 +45,7 @@ class VirtualScreenPlayer(VirtualDevice):
         self.screen_id = screen_id
         self.client = httpx.Client(base_url=f"{endpoints.api_url}/v1/screens/{screen_id}",
                                    headers={"Authorization": f"Bearer {token}"}, timeout=10)
-        self.items: list[dict] = []
+        self.items: list[tuple[datetime, datetime, dict]] = []  # (start, end, item), parsed once
         self.etag: str | None = None
         self.current: tuple[dict, datetime] | None = None  # (item or interrupt, when it began)
         self.queue: list[dict] = []  # records not yet accepted by the gateway
@@ -84,8 +84,8 @@ class VirtualScreenPlayer(VirtualDevice):
                 if now < end:
                     return message
                 self._interrupt = None
-        for item in self.items:
-            if _time(item["start"]) <= now < _time(item["end"]):
+        for start, end, item in self.items:
+            if start <= now < end:
                 return item
         return None
 
@@ -102,7 +102,8 @@ class VirtualScreenPlayer(VirtualDevice):
         headers = {"If-None-Match": self.etag} if self.etag else {}
         response = self.client.get("/playlist", headers=headers)
         if response.status_code == 200:
-            self.items, self.etag = response.json()["items"], response.headers.get("etag")
+            self.items = [(_time(it["start"]), _time(it["end"]), it) for it in response.json()["items"]]
+            self.etag = response.headers.get("etag")
         elif response.status_code != 304:
             response.raise_for_status()
 

@@ -65,6 +65,21 @@ CATALOG_EN = [("Mineral water 550ml", "3.00"), ("Latte large", "32.00"), ("Crois
               ("Chocolate", "15.60"), ("Tissues x3", "9.90"), ("Sandwich", "22.00")]
 
 
+# What a receipt says, by language (VirtualTill._receipt): each "label: value" line is written
+# f"{label}: {value}"; the others stand as they are.
+_LABELS = {
+    "zh": {"store": "万象城 星光便利店", "refund": "退货单", "reprint": "*** 重打 ***", "no": "单号", "time": "时间",
+           "till": "收银台", "cashier": "收银员", "original": "原单号", "header": "商品            数量      金额",
+           "refund_total": "退款金额", "refunded_to": "退款方式: 原路退回", "total": "合计", "paid": "实收",
+           "change": "找零", "payment": "支付方式: 微信支付", "member": "会员", "thanks": "谢谢惠顾，欢迎再次光临"},
+    "en": {"store": "STARLIGHT MART - MIXC", "refund": "REFUND", "reprint": "*** REPRINT ***", "no": "Receipt No",
+           "time": "Date", "till": "Till", "cashier": "Cashier", "original": "Original Receipt",
+           "header": "Item                 Qty  Amount", "refund_total": "REFUND TOTAL",
+           "refunded_to": "Refunded to: original payment", "total": "TOTAL", "paid": "PAID", "change": "CHANGE",
+           "payment": "Payment: Card", "member": "Member", "thanks": "Thank you for shopping with us"},
+}
+
+
 # ------------------------------------------------------------------------------------- serial line
 
 
@@ -446,46 +461,26 @@ class VirtualTill:
         paid = total
         when = self.clock + timedelta(minutes=3 * len(self.receipts))
         stamp = when.strftime("%Y-%m-%d %H:%M:%S")
-        if lang == "zh":
-            lines = [self.store_name or "万象城 星光便利店"]
-            if refund:
-                lines.append("退货单")
-            if reprint:
-                lines.append("*** 重打 ***")
-            lines += [f"单号: {no}", f"时间: {stamp}", f"收银台: {self.till_no}  收银员: 1024"]
-            if refund:
-                lines.append(f"原单号: {original}")
-            lines += ["-" * 32, "商品            数量      金额"]
-            for name, qty, price in items:
-                lines.append(f"{name}  x{qty}  {qty * price:.2f}")
-            lines.append("-" * 32)
-            if refund:
-                lines += [f"退款金额: {paid:.2f}", "退款方式: 原路退回"]
-            else:
-                lines += [f"合计: {total:.2f}", f"实收: {paid:.2f}", "找零: 0.00", "支付方式: 微信支付"]
-            if member_code:
-                lines.append(f"会员: {member_code}")
-            lines.append("谢谢惠顾，欢迎再次光临")
+        t = _LABELS[lang]
+        lines = [self.store_name or t["store"]]
+        if refund:
+            lines.append(t["refund"])
+        if reprint:
+            lines.append(t["reprint"])
+        lines += [f"{t['no']}: {no}", f"{t['time']}: {stamp}", f"{t['till']}: {self.till_no}  {t['cashier']}: 1024"]
+        if refund:
+            lines.append(f"{t['original']}: {original}")
+        lines += ["-" * 32, t["header"]]
+        for name, qty, price in items:
+            lines.append(f"{name}  x{qty}  {qty * price:.2f}")
+        lines.append("-" * 32)
+        if refund:
+            lines += [f"{t['refund_total']}: {paid:.2f}", t["refunded_to"]]
         else:
-            lines = [self.store_name or "STARLIGHT MART - MIXC"]
-            if refund:
-                lines.append("REFUND")
-            if reprint:
-                lines.append("*** REPRINT ***")
-            lines += [f"Receipt No: {no}", f"Date: {stamp}", f"Till: {self.till_no}  Cashier: 1024"]
-            if refund:
-                lines.append(f"Original Receipt: {original}")
-            lines += ["-" * 32, "Item                 Qty  Amount"]
-            for name, qty, price in items:
-                lines.append(f"{name}  x{qty}  {qty * price:.2f}")
-            lines.append("-" * 32)
-            if refund:
-                lines += [f"REFUND TOTAL: {paid:.2f}", "Refunded to: original payment"]
-            else:
-                lines += [f"TOTAL: {total:.2f}", f"PAID: {paid:.2f}", "CHANGE: 0.00", "Payment: Card"]
-            if member_code:
-                lines.append(f"Member: {member_code}")
-            lines.append("Thank you for shopping with us")
+            lines += [f"{t['total']}: {total:.2f}", f"{t['paid']}: {paid:.2f}", f"{t['change']}: 0.00", t["payment"]]
+        if member_code:
+            lines.append(f"{t['member']}: {member_code}")
+        lines.append(t["thanks"])
         data = _build(lines, self.encoding, logo=logo, qr=(f"R:{no}" if qr else None), cut=cut)
         return PrintedReceipt(no, paid, refund, reprint, "\n".join(lines), data, lang=lang,
                               original_receipt_no=original, member_code=member_code, items=list(items))

@@ -6,15 +6,13 @@ import argparse
 import json
 import sys
 
-from ..config import ConfigError, load_config
+from ..config import load_site_config
 from .store import AccessStore
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = load_site_config(args.config)
+    if config is None:
         return 1
     path = config.access_store_path
     if not path.exists():

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -31,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..events import normalise_timestamp
 from .media import SHA256
-from .plays import PlayRecord, to_ms
+from .plays import PlayRecord, iso_to_ms, to_ms
 from .service import MAX_CLOCK_SKEW_MS
 
 if TYPE_CHECKING:
@@ -72,7 +71,7 @@ class PlayIn(BaseModel):
 
     @model_validator(mode="after")
     def _ordered(self):
-        seconds = (_ms(self.end) - _ms(self.start)) / 1000
+        seconds = (iso_to_ms(self.end) - iso_to_ms(self.start)) / 1000
         if seconds < 0:
             raise ValueError("end is before start")
         if seconds > MAX_PLAY_SECONDS:
@@ -80,7 +79,7 @@ class PlayIn(BaseModel):
         return self
 
     def record(self) -> PlayRecord:
-        return PlayRecord(self.play_id, self.creative_id, self.campaign_id, _ms(self.start), _ms(self.end),
+        return PlayRecord(self.play_id, self.creative_id, self.campaign_id, iso_to_ms(self.start), iso_to_ms(self.end),
                           self.impressions, self.attention_s)
 
 
@@ -94,10 +93,6 @@ class PlaysResponse(BaseModel):
     accepted: int = Field(..., description="records newly stored")
     duplicates: int = Field(..., description="records whose play_id was stored before")
     expired: int = Field(0, description="records older than ads.keep_plays, not kept")
-
-
-def _ms(text: str) -> int:
-    return to_ms(datetime.fromisoformat(text.replace("Z", "+00:00")))
 
 
 def _sse(kind: str, data: dict[str, Any]) -> bytes:
@@ -198,7 +193,7 @@ def screen_router(gateway: "Gateway") -> APIRouter:
         ads = service()
         latest = to_ms(ads.clock()) + MAX_CLOCK_SKEW_MS
         future = [{"loc": ["body", "plays", i, "end"], "msg": "in the future (check the player's clock)",
-                   "type": "value_error"} for i, p in enumerate(parsed.plays) if _ms(p.end) > latest]
+                   "type": "value_error"} for i, p in enumerate(parsed.plays) if iso_to_ms(p.end) > latest]
         if future:
             raise HTTPException(HTTP_422, future)
         try:

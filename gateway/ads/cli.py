@@ -15,10 +15,9 @@ import argparse
 import json
 import sys
 from datetime import datetime
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from ..config import ConfigError, load_config
+from ..config import load_site_config
 from .model import AdsSync, Screen
 from .planner import plan
 from .store import AdsStore, load_catalog_file
@@ -26,14 +25,11 @@ from .store import AdsStore, load_catalog_file
 
 def _screen(config, screen_id: str) -> Screen | None:
     return next((screen for screen in config.screens if screen.id == screen_id), None)
-    return None
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = load_site_config(args.config)
+    if config is None:
         return 1
     screen = _screen(config, args.screen)
     if screen is None:

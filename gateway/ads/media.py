@@ -37,6 +37,8 @@ from typing import Any
 
 import httpx
 
+from ..models import sha256_of
+
 log = logging.getLogger("gateway.ads.media")
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -61,7 +63,6 @@ class _Failure:
     url: str
     error: str
     attempts: int
-    retry_at: float  # loop time
 
 
 class MediaCache:
@@ -106,7 +107,7 @@ class MediaCache:
                 if not path.is_file():
                     continue
                 name = path.name
-                if not SHA256.match(name) or sub.name != name[:2] or _file_sha256(path) != name:
+                if not SHA256.match(name) or sub.name != name[:2] or sha256_of(path) != name:
                     log.warning("media cache: %s is not intact (or a leftover download); deleted", path)
                     path.unlink(missing_ok=True)
                     dropped += int(not name.endswith(".part"))
@@ -170,19 +171,17 @@ class MediaCache:
         self._wanted = wanted
         self._pinned = set(wanted)
         for sha in list(self._failures):
-            if sha not in wanted:
-                del self._failures[sha]
-                handle = self._retry_handles.pop(sha, None)
-                if handle is not None:
-                    handle.cancel()
-        for sha, url in wanted.items():
-            if sha in self._failures and self._failures[sha].url != url:  # a new URL: try it at once
-                del self._failures[sha]
-                handle = self._retry_handles.pop(sha, None)
-                if handle is not None:
-                    handle.cancel()
+            if sha not in wanted or self._failures[sha].url != wanted[sha]:  # a new URL: try it at once
+                self._forget_failure(sha)
+        for sha in wanted:
             self._schedule(sha)
         self._evict()
+
+    def _forget_failure(self, sha: str) -> None:
+        del self._failures[sha]
+        handle = self._retry_handles.pop(sha, None)
+        if handle is not None:
+            handle.cancel()
 
     def _schedule(self, sha: str) -> None:
         if sha in self._entries or sha in self._tasks or sha in self._failures or sha not in self._wanted:
@@ -208,7 +207,7 @@ class MediaCache:
             attempts = (failure.attempts if failure is not None else 0) + 1
             delay = min(self.retry_max, self.retry_min * 2 ** (attempts - 1))
             loop = asyncio.get_running_loop()
-            self._failures[sha] = _Failure(url, _describe(exc), attempts, loop.time() + delay)
+            self._failures[sha] = _Failure(url, _describe(exc), attempts)
             self.counts["fetch_errors"] += 1
             if isinstance(exc, MediaError) and "sha256" in str(exc):
                 self.counts["mismatches"] += 1
@@ -306,14 +305,6 @@ class MediaCache:
                        for sha, f in list(self._failures.items())[:MAX_ERRORS_SHOWN]],
             **self.counts,
         }
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _flush_and_sync(handle) -> None:

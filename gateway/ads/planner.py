@@ -69,7 +69,7 @@ import logging
 import math
 import operator
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import NamedTuple
@@ -154,7 +154,7 @@ class _Compiled:
     last_day: int | None
 
     @classmethod
-    def of(cls, campaign: Campaign, creatives: dict[str, Creative]) -> _Compiled:
+    def of(cls, campaign: Campaign, creatives: Mapping[str, Creative]) -> _Compiled:
         chosen = tuple(creatives[cid] for cid in campaign.creatives)
         days: list[list[tuple[int, int]]] = [[] for _ in range(7)]
         if campaign.dayparts:
@@ -207,7 +207,7 @@ def _index(catalog: AdsCatalog) -> _Index:
                 log.warning("campaign %s names unknown creatives; left out", campaign_id)
                 continue
             i = len(compiled)
-            compiled.append(_Compiled.of(campaign, dict(catalog.creatives)))
+            compiled.append(_Compiled.of(campaign, catalog.creatives))
             if not campaign.screens and not campaign.screen_groups:
                 everywhere.append(i)
             for s in campaign.screens:

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..models import ModelCorruptError, ModelError, ModelMissingError
+from ..models import ModelCorruptError, ModelError, ModelMissingError, open_session
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -188,24 +188,6 @@ def feature_matrix(context: ScoringContext, candidates: Sequence[CandidateInfo])
 # ---------------------------------------------------------------------------------------- model
 
 
-def _session_from_bytes(data: bytes, name: str, threads: int) -> "onnxruntime.InferenceSession":
-    """An onnxruntime CPU session as gateway.models.open_session makes them, from the model's bytes."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = max(1, int(threads))
-    options.inter_op_num_threads = 1
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    try:
-        return onnxruntime.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime's own pybind error classes
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelCorruptError(f"ad scorer model {name} cannot be loaded by onnxruntime "
-                                f"(truncated or not an ONNX model?): {reason}") from None
-
-
 class AdScorer:
     """An onnxruntime session of an ad scorer model whose input and output were checked at load."""
 
@@ -235,7 +217,7 @@ class AdScorer:
             if actual != str(sha256).strip().lower():
                 raise ModelCorruptError(f"ad scorer model {name} is not the expected one: sha256 {actual}, "
                                         f"expected {sha256}; {len(data)} bytes")
-        return cls(_session_from_bytes(bytes(data), name, threads), name)
+        return cls(open_session(name, threads, data=bytes(data), name=f"ad scorer model {name}"), name)
 
     def _check(self) -> None:
         inputs = self._session.get_inputs()
@@ -298,7 +280,6 @@ class ScorerHolder:
 
     def __init__(self, scorer: AdScorer | None = None):
         self._scorer = scorer
-        self._swap_lock = threading.Lock()
         self.last_error: str | None = None
 
     @property
@@ -316,14 +297,12 @@ class ScorerHolder:
             scorer = AdScorer.from_bytes(bytes(model), sha256=sha256, threads=threads)
         else:
             scorer = AdScorer.load(model, sha256=sha256, threads=threads)
-        with self._swap_lock:
-            self._scorer = scorer  # one reference assignment: rank() sees the old model or the new one
+        self._scorer = scorer  # one reference assignment: rank() sees the old model or the new one
         return scorer
 
     def clear(self) -> None:
         """No model any more: rank() answers None until the next swap."""
-        with self._swap_lock:
-            self._scorer = None
+        self._scorer = None
 
     def rank(self, moment: datetime, screen: Any, candidates: Sequence[CandidateInfo]) -> list[float] | None:
         """One score per candidate, or None when there is no model or scoring fails. Never raises.

@@ -47,9 +47,11 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
 import hashlib
 import logging
+import operator
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -65,7 +67,7 @@ from ..commands import CommandError
 from ..events import Event, normalise_timestamp, utc_timestamp
 from .model import WELCOME, AdsCatalog, Campaign, Creative, Screen
 from .planner import Context, PlanItem, interrupt, live_spot, plan
-from .plays import HOUR_MS, Aggregate, PlayRecord, PlaysStore, from_ms, to_ms
+from .plays import HOUR_MS, Aggregate, PlayRecord, PlaysStore, from_ms, iso_to_ms, to_ms
 from .scorer import CandidateInfo, ScorerHolder, ScreenState
 from .store import AdsStore, parse_sync
 
@@ -222,14 +224,12 @@ class AdsService:
             for queue in list(runtime.listeners):
                 _put(queue, None)
 
-    async def reconfigure(self, screens: list[Screen], tz: str, keep_plays: float | None = None,
-                          plan_window: float | None = None, report_partial: float | None = None) -> None:
+    async def reconfigure(self, screens: list[Screen], tz: str, *, keep_plays: float, plan_window: float,
+                          report_partial: float | None) -> None:
         """A config reload: screens (tokens, doors, default loops), time zone, retention, window,
-        interim reports (`report_partial` None: unchanged; 0: off)."""
-        if report_partial is not None:
-            self.report_partial = report_partial or None
-        self._set_config(screens, tz, self.keep_plays if keep_plays is None else keep_plays,
-                         self.plan_window if plan_window is None else plan_window)
+        interim reports (None: off)."""
+        self.report_partial = report_partial
+        self._set_config(screens, tz, keep_plays, plan_window)
         await self.replan(reset=True)
 
     # ------------------------------------------------------------------------------- the catalog
@@ -256,14 +256,10 @@ class AdsService:
         """The creative the screen's plan plays at `moment` (a sign shows it; a player plays the
         playlist itself); None outside the plan or for an unknown screen."""
         runtime = self._screens.get(screen_id)
-        if runtime is None or runtime.plan is None:
+        item = _item_at(runtime, to_ms(moment)) if runtime is not None else None
+        if item is None:
             return None
-        at_ms = to_ms(moment)
-        for start_ms, end_ms, creative_id, _ in runtime.plan.items:
-            if start_ms <= at_ms < end_ms:
-                return self.catalog.creatives.get(creative_id) or (
-                    WELCOME if creative_id == WELCOME.creative_id else None)
-        return None
+        return self.catalog.creatives.get(item[2]) or (WELCOME if item[2] == WELCOME.creative_id else None)
 
     def playlist(self, screen_id: str) -> tuple[dict[str, Any], str] | None:
         """(the playlist document, its ETag) of a screen; None for an unknown screen."""
@@ -278,6 +274,7 @@ class AdsService:
         async with self._plan_lock:
             now_ms = self._now_ms()
             catalog = self.catalog
+            planned = False
             for screen_id in list(screen_ids if screen_ids is not None else self._screens):
                 runtime = self._screens.get(screen_id)
                 if runtime is None:
@@ -286,11 +283,12 @@ class AdsService:
                 if not reset and old is not None and old.end_ms - now_ms >= self.plan_window * 500:
                     continue
                 new = await asyncio.to_thread(self._compute, runtime.screen, old, catalog, now_ms, reset)
-                runtime.plan = new
+                runtime.plan, planned = new, True
                 if old is None or new.etag != old.etag:
                     self._notify(runtime, "playlist", {"version": new.doc["version"], "etag": new.etag,
                                                        "valid_until": new.doc["valid_until"]})
-            self._ensure_media()  # issue 6 (media)
+            if reset or planned:  # what the screens need changed only then (retries are the cache's)
+                self._ensure_media()  # issue 6 (media)
 
     # ---------------------------------------------------------------- media (issue 6, media)
 
@@ -368,7 +366,8 @@ class AdsService:
                 starts.sort()
         planned = plan(catalog, screen, datetime.fromtimestamp(start_ms / 1000, timezone.utc),
                        self.plan_window / 3600.0, self.tz, seed=zlib.crc32(screen.id.encode()),
-                       chooser=self._chooser(history, self._live_state(screen.id), now_ms))
+                       chooser=self._chooser(history, self._live_state(screen.id) if self._scoring() else None,
+                                             now_ms))
         ms = planned.starts_ms
         items = kept + [(ms[i], ms[i + 1], c, k) for i, (c, k) in enumerate(planned.pairs)]
         return self._document(screen, catalog, items)
@@ -395,10 +394,13 @@ class AdsService:
         version = f"v{catalog.version}-{digest}"
         return _ScreenPlan(items, {"version": version, **body}, f'"{version}"')
 
+    def _scoring(self) -> bool:
+        """A scoring model is loaded (else the planner's chooser is not used)."""
+        return self.scorer is not None and getattr(self.scorer, "scorer", None) is not None
+
     def _live_state(self, screen_id: str) -> ScreenState | None:
-        """What the screen's camera sees now (audience, mean dwell, crowd); None without a meter."""
-        if self.scorer is None or getattr(self.scorer, "scorer", None) is None:
-            return None
+        """What the screen's camera sees now (audience, mean dwell, crowd); None without a meter, or
+        when it fails (a quick read under the meter's lock)."""
         meter = self._meter(screen_id)
         if meter is None:
             return None
@@ -407,7 +409,7 @@ class AdsService:
             audience = max(0, int(now.audience))
             return ScreenState(screen_id, audience=audience, dwell_s=float(now.dwell_s), crowd=_crowd(audience))
         except Exception:
-            log.exception("screen %s: the audience meter failed; neutral audience for the scorer", screen_id)
+            log.exception("screen %s: the audience meter failed; audience unknown", screen_id)
             return None
 
     def _meter(self, screen_id: str) -> Any:
@@ -423,9 +425,9 @@ class AdsService:
         """The planner's chooser: the scorer's ranking (None without a loaded model). Spots starting
         within LIVE_HORIZON_S of `now_ms` (when the plan is computed) are ranked with the `live`
         screen state, later ones with the neutral state."""
-        holder = self.scorer
-        if holder is None or getattr(holder, "scorer", None) is None:
+        if not self._scoring():
             return None
+        holder = self.scorer
         live_until = now_ms + round(LIVE_HORIZON_S * 1000)
 
         def choose(moment: datetime, screen: Screen, candidates):
@@ -487,7 +489,7 @@ class AdsService:
             runtime.tiers = {t: until for t, until in runtime.tiers.items() if until > now_ms}
             if screen.sign is not None or now_ms < max(runtime.busy_until_ms, runtime.next_live_ms):
                 continue
-            crowd = await asyncio.to_thread(self._crowd_now, screen.id)
+            crowd = self._crowd_now(screen.id)
             if crowd is None and not runtime.tiers:
                 continue  # nothing known of who is there
             playing = self._campaign_playing(runtime, now_ms)
@@ -506,12 +508,8 @@ class AdsService:
 
     def _campaign_playing(self, runtime: _ScreenRuntime, at_ms: int) -> Campaign | None:
         """The campaign of the loop spot playing now (None: the default loop, or no plan)."""
-        if runtime.plan is None:
-            return None
-        for start_ms, end_ms, _, campaign_id in runtime.plan.items:
-            if start_ms <= at_ms < end_ms:
-                return self.catalog.campaigns.get(campaign_id) if campaign_id else None
-        return None
+        item = _item_at(runtime, at_ms)
+        return self.catalog.campaigns.get(item[3]) if item is not None and item[3] else None
 
     def _tier(self, person: str) -> str | None:
         """The person's member tier (as last synced); None for an unknown person or a failed lookup."""
@@ -524,14 +522,8 @@ class AdsService:
 
     def _crowd_now(self, screen_id: str) -> str | None:
         """The crowd in front of the screen now (low / medium / high), None without a camera."""
-        meter = self._meter(screen_id)
-        if meter is None:
-            return None
-        try:
-            return _crowd(meter.current(self.clock().timestamp(), max_age_s=LIVE_MAX_AGE_S).audience)
-        except Exception:
-            log.exception("screen %s: the audience meter failed; crowd unknown", screen_id)
-            return None
+        state = self._live_state(screen_id)
+        return state.crowd if state is not None else None
 
     def _interrupt_message(self, item: PlanItem, screen_id: str | None, trigger: str,
                            door: str | None = None) -> dict[str, Any]:
@@ -658,8 +650,8 @@ class AdsService:
         """The `ads.resend` downlink {from, to} (ISO-8601 with a zone): the reported `ad.played` of the
         hours starting in [from, to) again, with their event ids (after reporting what is due)."""
         try:
-            start = _ms_of(normalise_timestamp(str(args["from"])))
-            end = _ms_of(normalise_timestamp(str(args["to"])))
+            start = iso_to_ms(normalise_timestamp(str(args["from"])))
+            end = iso_to_ms(normalise_timestamp(str(args["to"])))
         except KeyError as exc:
             raise CommandError(f"ads.resend needs {exc.args[0]!r} (ISO-8601 with a zone)") from None
         except (ValueError, OverflowError) as exc:
@@ -688,6 +680,15 @@ class AdsService:
 _MEDIA_TYPES = {"image": "image/jpeg", "video": "video/mp4"}  # issue 6 (media): when the URL does not say
 
 
+def _item_at(runtime: _ScreenRuntime, at_ms: int) -> tuple[int, int, str, str | None] | None:
+    """The plan item (start ms, end ms, creative_id, campaign_id) playing at `at_ms`, if any."""
+    if runtime.plan is None:
+        return None
+    items = runtime.plan.items  # back to back, by start
+    i = bisect.bisect_right(items, at_ms, key=operator.itemgetter(0)) - 1
+    return items[i] if i >= 0 and at_ms < items[i][1] else None
+
+
 def _media_type(creative: Creative) -> str:
     """The Content-Type of a creative's file: guessed from its URL's path, else from its type."""
     import mimetypes
@@ -703,10 +704,6 @@ def _crowd(faces: int) -> str:
     if faces < CROWD_LOW_BELOW:
         return "low"
     return "high" if faces >= CROWD_HIGH_FROM else "medium"
-
-
-def _ms_of(text: str) -> int:
-    return to_ms(datetime.fromisoformat(text.replace("Z", "+00:00")))
 
 
 def _put(queue: asyncio.Queue, item) -> None:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .escpos import parse_receipts
-from .fields import BUILTIN_TEMPLATES, ReceiptTemplate, extract, template_from_config
+from .fields import BUILTIN_TEMPLATES, ReceiptTemplate, extract
 
 
 def _site(path: str):

@@ -216,6 +216,15 @@ class EscPosStream:
                 out.append(RawReceipt(bytes(self._raw), text, ended_by))
         self._reset_receipt()
 
+    def _finish_at(self, buf: bytes, seg_start: int, end: int, ended_by: str, out: list[RawReceipt]) -> int:
+        """The receipt ends at buf[end]: its raw bytes run from seg_start up to there; finish it.
+
+        Returns `end`, where the next receipt's bytes start.
+        """
+        self._raw += buf[seg_start:end]
+        self._finish(ended_by, out)
+        return end
+
     def _idle(self, out: list[RawReceipt]) -> None:
         self._raw += self._pending
         self._finish("idle", out)
@@ -232,9 +241,7 @@ class EscPosStream:
         while i < n:
             room = cap - len(self._raw) - (i - seg_start)
             if room <= 0:
-                self._raw += buf[seg_start:i]
-                seg_start = i
-                self._finish("size", out)
+                seg_start = self._finish_at(buf, seg_start, i, "size", out)
                 continue
             limit = min(n, i + room)
             if self._skip:
@@ -282,9 +289,7 @@ class EscPosStream:
                 c = buf[i + 1]
                 if c == 0x40:  # ESC @: initialise; starts the next receipt
                     if self._has_text:
-                        self._raw += buf[seg_start:i]
-                        seg_start = i
-                        self._finish("init", out)
+                        seg_start = self._finish_at(buf, seg_start, i, "init", out)
                     else:  # nothing printed yet: the receipt starts here
                         self._reset_receipt()
                         seg_start = i
@@ -297,9 +302,7 @@ class EscPosStream:
                 if j < 0:
                     break
                 if c == 0x69 or c == 0x6D:  # ESC i / ESC m: paper cut
-                    self._raw += buf[seg_start:j]
-                    seg_start = j
-                    self._finish("cut", out)
+                    seg_start = self._finish_at(buf, seg_start, j, "cut", out)
                 i = j
             elif b == GS:
                 if i + 1 >= n:
@@ -309,9 +312,7 @@ class EscPosStream:
                 if j < 0:
                     break
                 if c == 0x56:  # GS V: paper cut, every form
-                    self._raw += buf[seg_start:j]
-                    seg_start = j
-                    self._finish("cut", out)
+                    seg_start = self._finish_at(buf, seg_start, j, "cut", out)
                 i = j
             elif b == FS:
                 if i + 1 >= n:
@@ -330,6 +331,16 @@ class EscPosStream:
         self._raw += buf[seg_start:i]
         if i < n:
             self._pending = buf[i:]
+
+    def _skip_data(self, buf: bytes, i: int, n: int) -> int:
+        """ESC ( / GS ( / FS ( X pL pH data at i: skip the pL + pH * 256 data bytes after the header.
+
+        The end of the header (or -1 while it is incomplete).
+        """
+        if i + 5 > n:
+            return -1
+        self._skip = buf[i + 3] | buf[i + 4] << 8
+        return i + 5
 
     def _esc(self, buf: bytes, i: int, c: int, n: int) -> int:
         """End of the ESC command at i (or -1 while its arguments are incomplete)."""
@@ -367,10 +378,7 @@ class EscPosStream:
                 self._stage = ("esc&", y, c2 - c1 + 1)
             return i + 5
         if c == 0x28:  # ESC ( X pL pH data
-            if i + 5 > n:
-                return -1
-            self._skip = buf[i + 3] | buf[i + 4] << 8
-            return i + 5
+            return self._skip_data(buf, i, n)
         if c == 0x44:  # ESC D n1..nk NUL: tab positions
             self._stage = ("nul", _NUL_CAP)
             return i + 2
@@ -384,10 +392,7 @@ class EscPosStream:
             j = i + 2 + args
             return j if j <= n else -1
         if c == 0x28:  # GS ( X pL pH data: 2-D codes (k), graphics (L), every other function
-            if i + 5 > n:
-                return -1
-            self._skip = buf[i + 3] | buf[i + 4] << 8
-            return i + 5
+            return self._skip_data(buf, i, n)
         if c == 0x76:  # GS v 0 m xL xH yL yH d1..dk: raster image, k = x * y
             if i + 3 > n:
                 return -1
@@ -460,10 +465,7 @@ class EscPosStream:
             self._set_codec()
             return i + 2
         if c == 0x28:  # FS ( X pL pH data
-            if i + 5 > n:
-                return -1
-            self._skip = buf[i + 3] | buf[i + 4] << 8
-            return i + 5
+            return self._skip_data(buf, i, n)
         if c == 0x32:  # FS 2 c1 c2 d1..d72: user-defined kanji
             if i + 4 > n:
                 return -1

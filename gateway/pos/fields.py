@@ -42,9 +42,8 @@ MAX_LINE = 512
 AMOUNT = r"(?:RMB|CNY|USD|[$¥])?\s*[-−]?\s*(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d{1,2})?"
 _AMOUNT_RE = re.compile(r"([-−])?\s*(?:RMB|CNY|USD|[$¥])?\s*([-−])?\s*((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)")
 
-_REQUIRED_GROUP = {"receipt_no": "receipt_no", "time": "time", "paid": "paid", "total": "total",
-                   "change": "change", "original": "original"}
-_NO_GROUP = ("refund", "reprint")
+# Fields whose regex must capture a group of the field's own name (refund and reprint only match).
+_NAMED_GROUP_FIELDS = frozenset({"receipt_no", "time", "paid", "total", "change", "original"})
 
 
 def parse_amount(text: str) -> Decimal | None:
@@ -89,8 +88,8 @@ class ReceiptTemplate(StrictModel):
             pattern = re.compile(value)
         except re.error as exc:
             raise ValueError(f"{info.field_name}: not a valid regular expression ({exc})") from None
-        group = _REQUIRED_GROUP.get(info.field_name)
-        if group and group not in pattern.groupindex:
+        group = info.field_name
+        if group in _NAMED_GROUP_FIELDS and group not in pattern.groupindex:
             raise ValueError(f"{info.field_name}: the regex needs a named group (?P<{group}>...)")
         if info.field_name == "lines" and "amount" not in pattern.groupindex:
             raise ValueError("lines: the regex needs a named group (?P<amount>...)")

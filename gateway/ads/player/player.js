@@ -180,17 +180,25 @@
     stage.appendChild(el);
   }
 
+  var timesOf = null, times = [];  // [start ms, end ms] of each item of the playlist `timesOf`
+  function itemTimes(items) {  // parsed once per playlist, not at every tick
+    if (timesOf !== items) {
+      timesOf = items;
+      times = items.map(function (it) { return [Date.parse(it.start), Date.parse(it.end)]; });
+    }
+    return times;
+  }
+
   function itemsNow(now) {
-    var items = (cached && cached.doc.items) || [];
+    var items = (cached && cached.doc.items) || [], t = itemTimes(items);
     for (var i = 0; i < items.length; i++) {
-      var s = Date.parse(items[i].start), e = Date.parse(items[i].end);
-      if (s <= now && now < e) return { item: items[i], key: items[i].creative_id + '@' + items[i].start };
+      if (t[i][0] <= now && now < t[i][1]) return { item: items[i], key: items[i].creative_id + '@' + items[i].start };
     }
     if (!items.length) return null;
     // Past the playlist's end (the gateway unreachable for long): loop the cached items by duration.
     var total = items.reduce(function (t, it) { return t + Math.max(1000, it.duration * 1000); }, 0);
-    var since = now - Date.parse(items[items.length - 1].end);
-    if (since < 0) since = now - Date.parse(items[0].start) + total * 1000;  // before the first item
+    var since = now - t[items.length - 1][1];
+    if (since < 0) since = now - t[0][0] + total * 1000;  // before the first item
     var round = Math.floor(since / total), at = since - round * total;
     for (var j = 0; j < items.length; j++) {
       at -= Math.max(1000, items[j].duration * 1000);
